@@ -1,0 +1,1 @@
+"""GPU runtime: torch/transformers/peft code (demo model, unlearning pipeline, arq worker, inference engine)."""
