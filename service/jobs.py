@@ -25,8 +25,12 @@ QUEUE_NAME: Final = "obliviate:queue"
 
 
 def serialize(obj: dict[str, Any]) -> bytes:
-    """Serialize an arq job envelope with msgpack (datetimes are not used in job payloads)."""
-    return msgpack.packb(obj, use_bin_type=True, datetime=False)
+    """Serialize an arq job envelope with msgpack.
+
+    Anything msgpack cannot encode (an exception in a failed job's result, say) is stored as its
+    ``repr``: results are for humans and logs, and the queue never round-trips Python objects.
+    """
+    return msgpack.packb(obj, use_bin_type=True, default=repr)
 
 
 def deserialize(data: bytes) -> dict[str, Any]:
