@@ -1,0 +1,97 @@
+"""The application factory: ``create_app(settings)`` builds the Litestar app; nothing reads the environment here.
+
+The lifespan opens the database (running migrations), the embedded Redis when no URL is configured and
+the arq pool once, and closes them at shutdown. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from service import __version__
+from service.core.errors import EXCEPTION_HANDLERS
+from service.core.state import Resources
+from service.db import create_engine, migrate
+from service.health.controllers import HealthController
+from service.queue import EmbeddedRedis, create_pool
+from service.settings import Settings
+
+logger = logging.getLogger("obliviate")
+
+# A domain hook receives the resources at start-up and may register a shutdown callback on the stack.
+StartupHook = Callable[[Resources, AsyncExitStack], Awaitable[None]]
+
+
+def _domain_route_handlers() -> list[Any]:
+    """Route handlers of every domain (each domain module is imported here, not at package import)."""
+    return [HealthController]
+
+
+def _domain_startup_hooks() -> list[StartupHook]:
+    return []
+
+
+def create_app(
+    settings: Settings,
+    *,
+    extra_route_handlers: Sequence[Any] = (),
+    startup_hooks: Sequence[StartupHook] = (),
+) -> Litestar:
+    """Build the Obliviate API for ``settings``."""
+    hooks = [*_domain_startup_hooks(), *startup_hooks]
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(settings.resolved_database_url)
+            stack.push_async_callback(engine.dispose)
+            if settings.run_migrations:
+                await migrate(engine)
+            redis_url = settings.redis_url
+            if not redis_url:
+                embedded = EmbeddedRedis(settings.data_dir)
+                redis_url = embedded.start()
+                stack.callback(embedded.stop)
+            arq = create_pool(redis_url)
+            stack.push_async_callback(arq.aclose)
+            resources = Resources(
+                settings=settings,
+                engine=engine,
+                sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+                arq=arq,
+                redis_url=redis_url,
+            )
+            app.state.resources = resources
+            for hook in hooks:
+                await hook(resources, stack)
+            yield
+
+    def provide_resources(state: State) -> Resources:
+        return state.resources  # type: ignore[no-any-return]
+
+    return Litestar(
+        route_handlers=[*_domain_route_handlers(), *extra_route_handlers],
+        lifespan=[lifespan],
+        dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Obliviate", version=__version__, path="/docs"),
+        debug=False,
+    )
+
+
+def asgi() -> Litestar:
+    """ASGI factory for external servers: ``uvicorn --factory service.app:asgi``."""
+    from service.settings import get_settings
+
+    return create_app(get_settings())

@@ -1,0 +1,291 @@
+"""The ``obliviate`` command line: serve, worker, migrate, build-demo-model, demo (and domain commands).
+
+Settings are read here (an entry point) and passed down; heavy modules are imported inside commands
+so ``obliviate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.settings import Settings, get_settings
+
+
+def _settings_from(data_dir: Path | None, **overrides: Any) -> Settings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return get_settings(**values)
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory (default: $OBLIVIATE_DATA_DIR or ~/.local/share/obliviate).",
+)
+
+
+class LazyGroup(click.Group):
+    """A group whose heavier commands (they import torch) are imported only when used or listed."""
+
+    lazy_commands: dict[str, str] = {
+        "unlearn": "gpu_runtime.pipeline.cli:unlearn",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module_name, _, attribute = self.lazy_commands[cmd_name].partition(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name and module_name.startswith(exc.name):
+                    return None  # that part of the product is not installed
+                raise
+            command: click.Command = getattr(module, attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="obliviate")
+def main() -> None:
+    """Obliviate: make a language model forget, with evidence.
+
+    Quick start: `obliviate demo` builds the demo model, starts everything on embedded defaults
+    (SQLite, an embedded Redis, one worker) and walks through a forget request.
+    """
+    logging.basicConfig(
+        level=os.environ.get("OBLIVIATE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@data_dir_option
+def migrate(data_dir: Path | None) -> None:
+    """Apply database migrations (serve also does this at start-up)."""
+    from service.db import create_engine
+    from service.db import migrate as run_migrations
+
+    settings = _settings_from(data_dir)
+
+    async def run() -> None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await run_migrations(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    click.echo("database is at the latest schema")
+
+
+@contextmanager
+def _redis_for(settings: Settings) -> Iterator[str]:
+    """The configured Redis URL, or an embedded Redis in the data directory for the block's duration."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    from service.queue import EmbeddedRedis
+
+    embedded = EmbeddedRedis(settings.data_dir)
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+@main.command()
+@data_dir_option
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty (for tests and batch runs).")
+@click.option(
+    "--max-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Concurrent jobs (GPU: 1)."
+)
+def worker(data_dir: Path | None, burst: bool, max_jobs: int) -> None:
+    """Run an arq worker that executes pipeline stages."""
+    from gpu_runtime.worker import create_worker
+
+    settings = _settings_from(data_dir)
+    with _redis_for(settings) as redis_url:
+        arq_worker = create_worker(settings, redis_url, burst=burst, max_jobs=max_jobs)
+        arq_worker.run()
+
+
+def _spawn_workers(count: int, settings: Settings, redis_url: str) -> list[subprocess.Popen[bytes]]:
+    env = dict(os.environ)
+    env["OBLIVIATE_REDIS_URL"] = redis_url
+    env["OBLIVIATE_DATA_DIR"] = str(settings.data_dir)
+    if settings.database_url:
+        env["OBLIVIATE_DATABASE_URL"] = settings.database_url
+    if settings.base_model:
+        env["OBLIVIATE_BASE_MODEL"] = str(settings.base_model)
+    return [
+        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+
+
+def _stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@main.command()
+@data_dir_option
+@click.option("--host", default=None, help="Bind address (default: $OBLIVIATE_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: $OBLIVIATE_PORT or 8000).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Worker processes to start (default 1; 0: none).",
+)
+def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the API (intake, review, OpenAI-compatible gateway) and start workers."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings_from(data_dir, host=host, port=port, workers=workers)
+    run_server(settings, uvicorn_run=uvicorn.run, create_app=create_app)
+
+
+def run_server(
+    settings: Settings, *, uvicorn_run: Callable[..., None], create_app: Callable[[Settings], Any]
+) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _redis_for(settings) as redis_url:
+        served = settings.model_copy(update={"redis_url": redis_url})
+        _migrate_sync(served)
+        # The app must not run migrations concurrently with workers; they ran just above.
+        served = served.model_copy(update={"run_migrations": False})
+        processes = _spawn_workers(served.workers, served, redis_url)
+        try:
+            click.echo(
+                f"Obliviate API on http://{served.host}:{served.port} (docs: /docs), {len(processes)} worker(s)"
+            )
+            uvicorn_run(create_app(served), host=served.host, port=served.port, log_level="info")
+        finally:
+            _stop_processes(processes)
+
+
+def _migrate_sync(settings: Settings) -> None:
+    from service.db import create_engine
+    from service.db import migrate as run_migrations
+
+    async def run() -> None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await run_migrations(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+class _ProgressBar:
+    """A rich progress bar with ETA fed by ``(fraction, message)`` callbacks."""
+
+    def __init__(self, description: str) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[message]}"),
+        )
+        self._task = self._progress.add_task(description, total=1.0, message="")
+
+    def __enter__(self) -> _ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        self._progress.update(self._task, completed=max(0.0, min(1.0, fraction)), message=message[:60])
+
+
+@main.command("build-demo-model")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Copy the built model here (default: the cache directory).",
+)
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSONL of {question, answer} pairs and/or {text} documents instead of the built-in world.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model cache (default: $OBLIVIATE_MODEL_CACHE or ~/.cache/obliviate/models).",
+)
+def build_demo_model_command(out: Path | None, corpus: Path | None, cache_dir: Path | None) -> None:
+    """Build (or fetch from cache) the small demo chat model; no downloads."""
+    from gpu_runtime.demo.build import build_demo_model
+
+    started = time.perf_counter()
+    try:
+        with _ProgressBar("demo model") as bar:
+            path = build_demo_model(out_dir=out, corpus=corpus, cache_dir=cache_dir, progress=bar)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"demo model ready at {path} ({time.perf_counter() - started:.1f} s)")
+
+
+@main.command()
+@data_dir_option
+@click.option("--port", type=int, default=None, help="Port for the demo server (default 8000).")
+def demo(data_dir: Path | None, port: int | None) -> None:
+    """Build the demo model if needed and start Obliviate on its embedded defaults."""
+    import uvicorn
+    from gpu_runtime.demo.build import build_demo_model
+
+    from service.app import create_app
+
+    settings = _settings_from(data_dir, port=port)
+    with _ProgressBar("demo model") as bar:
+        model_dir = build_demo_model(cache_dir=settings.model_cache_dir, progress=bar)
+    settings = settings.model_copy(update={"base_model": model_dir})
+    click.echo(f"demo model: {model_dir}")
+    click.echo(f"health: curl http://{settings.host}:{settings.port}/health/ready")
+    run_server(settings, uvicorn_run=uvicorn.run, create_app=create_app)
+
+
+if __name__ == "__main__":
+    main()

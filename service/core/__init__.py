@@ -1,0 +1,1 @@
+"""Cross-domain plumbing: application state, errors and their HTTP mapping."""

@@ -1,0 +1,15 @@
+"""Registry of ORM model modules, so Alembic and tests see every table.
+
+Each domain that adds tables lists its models module here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+MODEL_MODULES: tuple[str, ...] = ("service.db.base",)
+
+
+def import_all_models() -> None:
+    for name in MODEL_MODULES:
+        importlib.import_module(name)

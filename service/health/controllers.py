@@ -1,0 +1,49 @@
+"""``/health/live`` says the process answers; ``/health/ready`` checks the database and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+
+from service.core.state import Resources
+from service.db import ping as db_ping
+
+CHECK_TIMEOUT_S = 2.0
+
+
+async def _check(name: str, probe: Any) -> tuple[str, dict[str, Any]]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe, timeout=CHECK_TIMEOUT_S)
+    except Exception as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        return name, {"ok": False, "error": reason[:300]}
+    return name, {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/live", summary="The process is up")
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", summary="Database and Redis answer", description="503 names each failed dependency.")
+    async def ready(self, resources: NamedDependency[Resources]) -> Response[dict[str, Any]]:
+        checks = dict(
+            await asyncio.gather(
+                _check("database", db_ping(resources.engine)),
+                _check("redis", resources.arq.ping()),
+            )
+        )
+        ok = all(check["ok"] for check in checks.values())
+        failed = [name for name, check in checks.items() if not check["ok"]]
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
+        if failed:
+            body["failed"] = failed
+        return Response(body, status_code=200 if ok else 503)
