@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import importlib
 
-MODEL_MODULES: tuple[str, ...] = ("service.db.base",)
+MODEL_MODULES: tuple[str, ...] = (
+    "service.db.base",
+    "service.auth.models",
+    "service.forget.models",
+    "service.orchestration.models",
+    "service.audit.models",
+)
 
 
 def import_all_models() -> None:

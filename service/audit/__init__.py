@@ -1,0 +1,1 @@
+"""Hash-chained, append-only audit trail and the signed certificate of a finished request."""
