@@ -1,0 +1,1 @@
+"""Deployments: immutable adapter versions, served aliases with history, hot-swap and rollback."""
