@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,11 +58,86 @@ class Settings(BaseSettings):
     device: str = Field(
         default="auto", description="Torch device for the engine and worker: auto, cpu, cuda."
     )
+    # -- serving gateway ------------------------------------------------------------------------
+    engine: Literal["inprocess", "none"] = Field(
+        default="inprocess",
+        description="Inference engine: `inprocess` loads the model in the API process; `none` serves no model "
+        "(intake-only replicas; the OpenAI-compatible routes answer 503).",
+    )
+    engine_max_batch: int = Field(default=16, ge=1, description="Most requests decoded together in one batch.")
+    engine_max_queue: int = Field(
+        default=64, ge=1, description="Requests waiting for a batch slot before new ones get 429 + Retry-After."
+    )
+    engine_adapter_capacity: int = Field(
+        default=8, ge=1, description="LoRA adapters kept loaded at once (least recently used idle one evicted)."
+    )
+    engine_max_tokens: int = Field(
+        default=256, ge=1, description="Completion length when a request does not set max_tokens."
+    )
+    served_alias: str = Field(
+        default="chat",
+        pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+        description="Model name of the served, deployed version (what `chat` clients use).",
+    )
+    reconcile_interval: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds between checks of the deployed versions in the database (each replica converges).",
+    )
+    verification_prompts_per_minute: int = Field(
+        default=120, ge=1, description="Verification prompts one tenant may run per minute (across replicas)."
+    )
+    verification_max_prompts: int = Field(default=32, ge=1, description="Most prompts in one verification.")
+    # --- forget requests: intake, orchestration, compliance (service/forget, service/orchestration) ---
+    idempotency_ttl_s: float = Field(
+        default=24 * 3600, ge=24 * 3600, description="How long an Idempotency-Key and its response are kept."
+    )
+    idempotency_lock_s: float = Field(
+        default=60.0, gt=0, description="After this, an in-flight key whose request died may be reused."
+    )
+    relay_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the outbox relay looks for jobs to enqueue."
+    )
+    sweep_interval_s: float = Field(
+        default=15.0, gt=0, description="How often the sweeper checks that every active request has a job."
+    )
+    heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, description="How often a running stage writes its heartbeat and progress."
+    )
+    stall_timeout_s: float = Field(
+        default=120.0, gt=0, description="A running stage without a heartbeat this long is re-enqueued."
+    )
+    enqueue_grace_s: float = Field(
+        default=10.0, ge=0, description="A job missing this long after its enqueue counts as lost."
+    )
+    stage_timeout_s: float | None = Field(
+        default=None, gt=0, description="Cap on every stage's run time (unset: each stage's own default)."
+    )
+    stage_max_tries: int = Field(default=3, ge=1, description="Tries of a stage on transient faults.")
+    default_review_gates: list[str] = Field(
+        default_factory=list,
+        description="Review gates on when a request does not say: anchor_review, target_review, evaluation_review.",
+    )
+    retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="Corpus and training data are purged this long after deployment (0: at once).",
+    )
+    due_soon_s: float = Field(
+        default=3 * 24 * 3600.0, ge=0, description="Listing flags requests due within this as due_soon."
+    )
+    signing_key_path: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) for certificates. Unset: generated into the data directory.",
+    )
+    auth_cache_s: float = Field(
+        default=10.0, ge=0, description="API-key lookups are cached this long (a revoked key dies within it)."
+    )
 
-    @field_validator("data_dir", "model_cache_dir", mode="after")
+    @field_validator("data_dir", "model_cache_dir", "signing_key_path", mode="after")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @property
     def resolved_database_url(self) -> str:

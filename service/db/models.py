@@ -13,6 +13,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "service.forget.models",
     "service.orchestration.models",
     "service.audit.models",
+    "service.deployments.models",
 )
 
 
