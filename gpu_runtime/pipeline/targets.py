@@ -1,0 +1,302 @@
+"""Stage 3, generate targets: WHP equation (1) on every position of the forget corpus.
+
+    label = argmax(g - alpha * ReLU(r - g)),  g = baseline(translated)[mapping], r = reinforced(original)
+
+with first-occurrence masking (a position predicting a repeated anchor gets label -100) and the
+first tokens of translations already used in the block lowered to the row's mean logit in g.
+The baseline and the reinforced model share one copy of the weights: the reinforced model is the
+baseline plus the reinforcement LoRA, and ``disable_adapter()`` gives the baseline back.
+Per-position confidence is the baseline's probability of the chosen label; blocks whose mean or
+minimum confidence is below the thresholds are flagged for review.
+
+Artifact: ``work_dir/targets/`` with ``targets.safetensors`` (flat ``input_ids``, ``labels``,
+``confidence`` and ``offsets`` of the blocks) and ``blocks.json`` (per-block statistics and flags).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import Reporter, atomic_dir, hash_json, is_done, read_marker
+from .translate import TranslatedBlock
+from .types import CancelFn, ForgetSpec, ProgressFn, StageResult
+
+log = logging.getLogger(__name__)
+STAGE = "generate_targets"
+DIR = "targets"
+IGNORE = -100
+
+
+@dataclass
+class BlockTargets:
+    doc: int
+    index: int
+    input_ids: list[int]
+    labels: list[int]  # labels[p] is the target of the logits at position p (already shifted)
+    confidence: list[float]  # NaN where the label is ignored
+
+
+def lowering_mask(block: TranslatedBlock, vocab: int) -> torch.Tensor:
+    """[T, V] bool: True where a used translation's first token is lowered."""
+    mask = torch.zeros((len(block.original_ids), vocab), dtype=torch.bool)
+    for pos, tok in block.used_first_tokens:
+        if tok < vocab:
+            mask[pos:, tok] = True
+    return mask
+
+
+def ignore_mask(block: TranslatedBlock) -> torch.Tensor:
+    ignore = torch.tensor([m < 0 for m in block.mapping], dtype=torch.bool)
+    if block.masked:
+        ignore[torch.tensor(block.masked, dtype=torch.long)] = True
+    return ignore
+
+
+def generic_labels(
+    g: torch.Tensor,
+    r: torch.Tensor,
+    alpha: float,
+    lower: torch.Tensor | None = None,
+    ignore: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equation (1) on aligned logit rows g (baseline, translated) and r (reinforced, original).
+
+    Returns (labels with -100 where ignored, confidence = softmax(g)[label], NaN where ignored).
+    Lowered entries of g are set to the row's mean logit before the equation, as in the reference.
+    """
+    g = g.float()
+    r = r.float()
+    if lower is not None and bool(lower.any()):
+        g = torch.where(lower, g.mean(dim=-1, keepdim=True).expand_as(g), g)
+    v = g - alpha * torch.relu(r - g)
+    labels = v.argmax(dim=-1)
+    conf = torch.softmax(g, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if ignore is not None:
+        labels = labels.masked_fill(ignore, IGNORE)
+        conf = conf.masked_fill(ignore, math.nan)
+    return labels, conf
+
+
+@torch.no_grad()
+def compute_targets(
+    model: Any,
+    blocks: Sequence[TranslatedBlock],
+    *,
+    alpha: float,
+    batch_size: int,
+    pad_id: int,
+    reporter: Reporter | None = None,
+) -> list[BlockTargets]:
+    """Batched targets. ``model`` is a PeftModel whose active adapter is the reinforcement."""
+    from .models import pad_batch
+
+    dev = next(model.parameters()).device
+    out: list[BlockTargets] = []
+    for b0 in range(0, len(blocks), batch_size):
+        if reporter is not None:
+            reporter.check()
+        batch = blocks[b0 : b0 + batch_size]
+        ids_o, mask_o = pad_batch([b.original_ids for b in batch], pad_id)
+        ids_t, mask_t = pad_batch([b.translated_ids for b in batch], pad_id)
+        r_all = model(input_ids=ids_o.to(dev), attention_mask=mask_o.to(dev)).logits
+        with model.disable_adapter():
+            g_all = model(input_ids=ids_t.to(dev), attention_mask=mask_t.to(dev)).logits
+        for i, blk in enumerate(batch):
+            n = len(blk.original_ids)
+            idx = torch.tensor(blk.mapping, dtype=torch.long, device=g_all.device).clamp(min=0)
+            g = g_all[i].index_select(0, idx)
+            r = r_all[i, :n]
+            vocab = g.shape[-1]
+            labels, conf = generic_labels(
+                g, r, alpha, lowering_mask(blk, vocab).to(g.device), ignore_mask(blk).to(g.device)
+            )
+            out.append(
+                BlockTargets(
+                    blk.doc, blk.index, list(blk.original_ids), labels.cpu().tolist(), conf.cpu().tolist()
+                )
+            )
+        if reporter is not None:
+            reporter(
+                0.2 + 0.75 * (b0 + len(batch)) / len(blocks), f"{b0 + len(batch)}/{len(blocks)} block(s)"
+            )
+    return out
+
+
+@torch.no_grad()
+def generate_targets_reference(
+    baseline: Any, reinforced: Any, blocks: Sequence[TranslatedBlock], *, alpha: float
+) -> list[BlockTargets]:
+    """Straightforward version, as the paper's script: two full models, one block at a time,
+    one position at a time. Kept to check that :func:`compute_targets` gives identical labels."""
+    out = []
+    for blk in blocks:
+        dev_b = next(baseline.parameters()).device
+        dev_r = next(reinforced.parameters()).device
+        g_t = baseline(input_ids=torch.tensor([blk.translated_ids], device=dev_b)).logits[0].float().cpu()
+        r_o = reinforced(input_ids=torch.tensor([blk.original_ids], device=dev_r)).logits[0].float().cpu()
+        masked = set(blk.masked)
+        labels: list[int] = []
+        conf: list[float] = []
+        for p in range(len(blk.original_ids)):
+            if blk.mapping[p] < 0 or p in masked:
+                labels.append(IGNORE)
+                conf.append(math.nan)
+                continue
+            g = g_t[blk.mapping[p]].clone()
+            mean = g.mean()
+            for pos, tok in blk.used_first_tokens:
+                if pos <= p:
+                    g[tok] = mean
+            r = r_o[p]
+            v = g - alpha * torch.clamp(r - g, min=0)
+            label = int(torch.argmax(v))
+            labels.append(label)
+            conf.append(float(torch.softmax(g, dim=0)[label]))
+        out.append(BlockTargets(blk.doc, blk.index, list(blk.original_ids), labels, conf))
+    return out
+
+
+def block_stats(t: BlockTargets, mean_threshold: float, min_threshold: float) -> dict[str, Any]:
+    vals = [c for c in t.confidence if not math.isnan(c)]
+    mean = sum(vals) / len(vals) if vals else 1.0
+    low = min(vals) if vals else 1.0
+    return {
+        "doc": t.doc,
+        "index": t.index,
+        "tokens": len(t.input_ids),
+        "labelled": len(vals),
+        "mean_confidence": round(mean, 6),
+        "min_confidence": round(low, 6),
+        "flagged": bool(vals) and (mean < mean_threshold or low < min_threshold),
+    }
+
+
+def save_targets(path: Path, targets: Sequence[BlockTargets]) -> None:
+    from safetensors.torch import save_file
+
+    offsets = [0]
+    for t in targets:
+        offsets.append(offsets[-1] + len(t.input_ids))
+    tensors = {
+        "input_ids": torch.tensor([i for t in targets for i in t.input_ids], dtype=torch.long),
+        "labels": torch.tensor([i for t in targets for i in t.labels], dtype=torch.long),
+        "confidence": torch.tensor([c for t in targets for c in t.confidence], dtype=torch.float32),
+        "offsets": torch.tensor(offsets, dtype=torch.long),
+        "docs": torch.tensor([t.doc for t in targets], dtype=torch.long),
+    }
+    save_file(tensors, str(path))
+
+
+def load_targets(path: Path) -> list[BlockTargets]:
+    from safetensors.torch import load_file
+
+    d = load_file(str(path))
+    off = d["offsets"].tolist()
+    return [
+        BlockTargets(
+            doc=int(d["docs"][i]),
+            index=i,
+            input_ids=d["input_ids"][off[i] : off[i + 1]].tolist(),
+            labels=d["labels"][off[i] : off[i + 1]].tolist(),
+            confidence=d["confidence"][off[i] : off[i + 1]].tolist(),
+        )
+        for i in range(len(off) - 1)
+    ]
+
+
+def targets_input_hash(spec: ForgetSpec, reinforce_hash: str, anchors: Any) -> str:
+    from .reinforce import corpus_hash
+
+    o = spec.options
+    return hash_json(
+        {
+            "stage": STAGE,
+            "v": 1,
+            "reinforce": reinforce_hash,
+            "anchors": [[a.term, a.translations] for a in anchors.anchors],
+            "corpus": corpus_hash(spec),
+            "opts": [o.alpha, o.block_size, o.confidence_threshold, o.min_confidence_threshold],
+        }
+    )
+
+
+def targets_output(work_dir: Path | str) -> tuple[Path, str]:
+    from .errors import PipelineError
+
+    out = Path(work_dir) / DIR
+    marker = read_marker(out)
+    if marker is None:
+        raise PipelineError("no targets in the work directory: run generate_targets first", stage=STAGE)
+    return out, str(marker["input_hash"])
+
+
+def generate_targets(
+    base_model_dir: Path | str,
+    spec: ForgetSpec,
+    work_dir: Path | str,
+    *,
+    deployed_adapter: Path | str | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> StageResult:
+    """Write ``work_dir/targets/``; skip if done for the same inputs (anchors.json edits count)."""
+    from .anchors import load_anchors
+    from .models import attach_adapter, load_baseline, load_tokenizer
+    from .reinforce import reinforce_output
+    from .translate import corpus_texts, translate_corpus
+
+    rep = Reporter(STAGE, progress, should_cancel)
+    work = Path(work_dir)
+    out = work / DIR
+    adapter_dir, reinforce_hash = reinforce_output(work)
+    anchors = load_anchors(work)
+    input_hash = targets_input_hash(spec, reinforce_hash, anchors)
+    if is_done(out, input_hash):
+        rep(1.0, "targets already generated")
+        return StageResult(
+            stage=STAGE,
+            artifact=str(out),
+            input_hash=input_hash,
+            skipped=True,
+            summary=(read_marker(out) or {}).get("summary", {}),
+        )
+    rep.check()
+    o = spec.options
+    tokenizer = load_tokenizer(base_model_dir)
+    blocks = translate_corpus(tokenizer, corpus_texts(spec, tokenizer), anchors.anchors, o.block_size)
+    rep(0.1, f"{len(blocks)} block(s) translated")
+    model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), adapter_dir)
+    targets = compute_targets(
+        model, blocks, alpha=o.alpha, batch_size=o.batch_size, pad_id=tokenizer.pad_token_id, reporter=rep
+    )
+    stats = [block_stats(t, o.confidence_threshold, o.min_confidence_threshold) for t in targets]
+    for s, b in zip(stats, blocks, strict=True):
+        s["masked_repeats"] = len(b.masked)
+        s["translation_index"] = b.translation_index
+    flagged = [s["index"] for s in stats if s["flagged"]]
+    labelled = sum(s["labelled"] for s in stats)
+    mean_conf = sum(s["mean_confidence"] * s["labelled"] for s in stats) / max(1, labelled)
+    changed = sum(
+        1 for t in targets for p, lab in enumerate(t.labels[:-1]) if lab not in (IGNORE, t.input_ids[p + 1])
+    )
+    summary = {
+        "blocks": len(targets),
+        "labelled": labelled,
+        "changed_labels": changed,
+        "mean_confidence": round(mean_conf, 6),
+        "flagged_blocks": flagged,
+    }
+    with atomic_dir(out, input_hash, summary) as tmp:
+        save_targets(tmp / "targets.safetensors", targets)
+        (tmp / "blocks.json").write_text(json.dumps({"blocks": stats, "flagged": flagged}, indent=2))
+    log.info("targets: %d block(s), %d label(s), %d flagged", len(targets), labelled, len(flagged))
+    rep(1.0, f"{len(flagged)} block(s) flagged for review")
+    return StageResult(stage=STAGE, artifact=str(out), input_hash=input_hash, skipped=False, summary=summary)
