@@ -145,3 +145,17 @@ def build_random_adapter(
         # Leave the caller's model as it was: remove the injected LoRA layers again.
         peft_model.unload()
     return Path(out_dir)
+
+
+def build_model_with_adapters(
+    root: str | Path, n_adapters: int = 3, *, shape: str = "tiny"
+) -> tuple[Path, list[Path]]:
+    """A random model under ``root/model`` and ``n_adapters`` random adapters under ``root/adapter-<i>``."""
+    root = Path(root)
+    model_dir = build_random_llama(root / "model", shape=shape)
+    base = LlamaForCausalLM.from_pretrained(model_dir)
+    adapters = [
+        build_random_adapter(model_dir, root / f"adapter-{i}", seed=100 + i, base_model=base)
+        for i in range(n_adapters)
+    ]
+    return model_dir, adapters
