@@ -139,4 +139,9 @@ def attach_adapter(
 def detach_adapter(model: torch.nn.Module, name: str) -> None:
     """Remove adapter ``name`` from the model (caller holds the model lock)."""
     if isinstance(model, PeftModel) and name in model.peft_config:
+        others = [n for n in model.peft_config if n != name]
+        if others and name in model.active_adapters:
+            # Rows always name their adapter, so which one is "active" does not matter; moving it off
+            # the doomed adapter first just avoids peft warning about deleting the active one.
+            model.set_adapter(others[0], inference_mode=True)
         model.delete_adapter(name)
