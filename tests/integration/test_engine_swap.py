@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,12 +53,10 @@ def req(prompt: str, model: str | None, n: int = 12) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, model=model, max_tokens=n, ignore_eos=True)
 
 
-async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+async def _wait_for(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5.0):
+        while not predicate():  # noqa: ASYNC110 - the state lives in the engine thread, no event to await
+            await asyncio.sleep(0.01)
 
 
 def _peft_names(engine: InferenceEngine) -> set[str]:
