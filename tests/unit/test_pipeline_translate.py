@@ -26,7 +26,7 @@ def toks(tok, ids):
 
 def check_mapping(tok, blk, anchors_terms):
     """Every mapped non-anchor position carries the same token in both sequences."""
-    for p, q in enumerate(blk.mapping):
+    for _p, q in enumerate(blk.mapping):
         if q >= 0:
             assert 0 <= q < len(blk.translated_ids)
     # mapping is strictly increasing where defined
@@ -70,7 +70,7 @@ def test_single_token_anchor_maps_last_token_to_translation_last(tok):
 def test_multi_token_anchor_inner_tokens_ignored(tok):
     anchors = [Anchor(term="Harry Potter", translations=["Harold Porter"])]
     [blk] = translate_corpus(tok, ["Yes, Harry Potter went to Hogwarts."], anchors, 512)
-    o, t = toks(tok, blk.original_ids), toks(tok, blk.translated_ids)
+    o, _t = toks(tok, blk.original_ids), toks(tok, blk.translated_ids)
     s = o.index("ĠHarry") if "ĠHarry" in o else o.index("ĠH")
     e = o.index("Ġw")  # first token after the anchor
     assert all(blk.mapping[p] == -1 for p in range(s, e - 1))
@@ -117,7 +117,9 @@ def test_longer_and_shorter_translations_and_unicode(tok):
     text = "Élodie met Ron in Zürich — Élodie laughed, naïve Ron."
     [blk] = translate_corpus(tok, [text], anchors, 512)
     decoded = tok.decode(blk.translated_ids, skip_special_tokens=True)
-    assert decoded == "Bea met Maximiliano Bartholomew in Zürich — Bea laughed, naïve Maximiliano Bartholomew."
+    assert (
+        decoded == "Bea met Maximiliano Bartholomew in Zürich — Bea laughed, naïve Maximiliano Bartholomew."
+    )
     o, t = blk.original_ids, blk.translated_ids
     for p, q in enumerate(blk.mapping):
         if q >= 0 and p + 1 < len(o) and blk.mapping[p + 1] >= 0 and q + 1 < len(t):
