@@ -19,6 +19,10 @@ import redis
 from service.queue import EmbeddedRedis
 from service.settings import Settings, normalise_database_url
 
+# Apps built by tests serve no model unless a test asks for one (Settings(engine="inprocess")):
+# loading or building a model in every intake test would cost minutes. Subprocesses inherit this.
+os.environ.setdefault("OBLIVIATE_ENGINE", "none")
+
 
 def postgres_url() -> str | None:
     url = os.environ.get("DATABASE_URL") or os.environ.get("OBLIVIATE_DATABASE_URL")
