@@ -33,11 +33,15 @@ StartupHook = Callable[[Resources, AsyncExitStack], Awaitable[None]]
 
 def _domain_route_handlers() -> list[Any]:
     """Route handlers of every domain (each domain module is imported here, not at package import)."""
-    return [HealthController]
+    from service.forget.controllers import CertificateKeyController, ForgetRequestController
+
+    return [HealthController, ForgetRequestController, CertificateKeyController]
 
 
 def _domain_startup_hooks() -> list[StartupHook]:
-    return []
+    from service.orchestration.startup import start as start_forget_domain
+
+    return [start_forget_domain]
 
 
 def create_app(

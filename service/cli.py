@@ -276,8 +276,8 @@ def build_demo_model_command(out: Path | None, corpus: Path | None, cache_dir: P
 def demo(data_dir: Path | None, port: int | None) -> None:
     """Build the demo model if needed and start Obliviate on its embedded defaults."""
     import uvicorn
-    from gpu_runtime.demo.build import build_demo_model
 
+    from gpu_runtime.demo.build import build_demo_model
     from service.app import create_app
 
     settings = _settings_from(data_dir, port=port)
@@ -287,6 +287,94 @@ def demo(data_dir: Path | None, port: int | None) -> None:
     click.echo(f"demo model: {model_dir}")
     click.echo(f"health: curl http://{settings.host}:{settings.port}/health/ready")
     run_server(settings, uvicorn_run=uvicorn.run, create_app=create_app)
+
+
+def _run_with_session(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    """Run ``await work(session)`` on a migrated database, committing at the end."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from service.db import create_engine
+    from service.db import migrate as run_migrations
+
+    async def run() -> Any:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await run_migrations(engine)
+            async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@main.group()
+def keys() -> None:
+    """API keys: each is bound to a tenant and a role (submitter, reviewer, admin)."""
+
+
+@keys.command("create")
+@data_dir_option
+@click.option("--tenant", required=True, help="Tenant the key belongs to.")
+@click.option(
+    "--role", type=click.Choice(["submitter", "reviewer", "admin"]), default="submitter", show_default=True
+)
+@click.option("--name", default="", help="A label to recognise the key by.")
+def keys_create(data_dir: Path | None, tenant: str, role: str, name: str) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from service.auth.keys import create_api_key
+
+    settings = _settings_from(data_dir)
+
+    async def work(session: Any) -> tuple[Any, str]:
+        return await create_api_key(session, tenant=tenant, role=role, name=name)
+
+    try:
+        row, key = _run_with_session(settings, work)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"key id {row.id} (tenant {row.tenant}, role {row.role}); store it now, it is not shown again:",
+        err=True,
+    )
+    click.echo(key)
+
+
+@keys.command("revoke")
+@data_dir_option
+@click.argument("key_id")
+def keys_revoke(data_dir: Path | None, key_id: str) -> None:
+    """Revoke a key by id (API processes drop it within auth_cache_s)."""
+    from service.auth.keys import revoke
+
+    async def work(session: Any) -> bool:
+        return await revoke(session, key_id)
+
+    if not _run_with_session(_settings_from(data_dir), work):
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def audit() -> None:
+    """The hash-chained audit trail."""
+
+
+@audit.command("verify")
+@data_dir_option
+def audit_verify(data_dir: Path | None) -> None:
+    """Check every link and hash of the audit chain; exit 1 on tampering."""
+    from service.audit.chain import verify
+
+    result = _run_with_session(_settings_from(data_dir), verify)
+    if result.ok:
+        click.echo(f"audit chain OK: {result.events} events")
+        return
+    for problem in result.problems[:50]:
+        click.echo(f"TAMPERED: {problem}", err=True)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

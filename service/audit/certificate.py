@@ -1,0 +1,59 @@
+"""The certificate of a deployed forget request: what was forgotten, how, and with what result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.models import AuditHead
+from service.audit.signing import ALGORITHM, Signer
+from service.core.errors import Conflict
+from service.db.base import utcnow
+from service.forget.models import ForgetRequest
+
+CERTIFIED = {"deployed", "superseded", "rolled_back"}
+PUBLIC_KEY_PATH = "/v1/certificates/public-key"
+
+
+async def build(session: AsyncSession, row: ForgetRequest, signer: Signer) -> dict[str, Any]:
+    """Signed certificate for a request that has been deployed (409 before that)."""
+    if row.status not in CERTIFIED:
+        raise Conflict(
+            f"A certificate exists once the request is deployed; it is {row.status}", code="not_deployed"
+        )
+    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    payload: dict[str, Any] = {
+        "type": "obliviate.forget-certificate/v1",
+        "request_id": row.id,
+        "tenant": row.tenant,
+        "subject": row.subject,
+        "data_subject_ref": row.meta.get("data_subject_ref"),
+        "legal_basis": row.meta.get("legal_basis"),
+        "status": row.status,
+        "corpus_sha256": row.corpus_hash,
+        "corpus_bytes": row.corpus_bytes,
+        "adapter_sha256": row.adapter_hash,
+        "deployed_version": row.deployed_version,
+        "evaluation": row.metrics,
+        "review": [
+            {"gate": d.get("gate"), "decision": d.get("decision"), "at": d.get("at")} for d in row.decisions
+        ],
+        "timestamps": {
+            "received_at": row.created_at.isoformat(),
+            "due_at": row.due_at.isoformat(),
+            "ready_at": row.finished_at.isoformat() if row.finished_at else None,
+            "deployed_at": row.deployed_at.isoformat() if row.deployed_at else None,
+            "corpus_purged_at": row.purged_at.isoformat() if row.purged_at else None,
+            "issued_at": utcnow().isoformat(),
+        },
+        "audit_head": {"seq": int(head.seq), "hash": str(head.hash)},
+    }
+    return {
+        "certificate": payload,
+        "signature": signer.sign(payload),
+        "algorithm": ALGORITHM,
+        "key_id": signer.key_id,
+        "public_key_url": PUBLIC_KEY_PATH,
+    }

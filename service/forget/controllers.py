@@ -1,0 +1,474 @@
+"""HTTP routes of forget requests under ``/v1/forget-requests`` and the certificate public key.
+
+Every object route loads the request through ``get_for_tenant``: another tenant's request is a 404.
+Roles: submitters create, cancel and extend; reviewers decide at gates; everyone in the tenant reads;
+admins do everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from sqlalchemy import select
+
+from service.artifacts.store import ArtifactStore
+from service.audit import certificate as certificates
+from service.audit import chain
+from service.audit.signing import Signer
+from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
+from service.core.errors import PayloadTooLarge, Unprocessable
+from service.core.state import Resources
+from service.db.base import utcnow
+from service.forget import idempotency, intake
+from service.forget import service as forget_service
+from service.forget.lifecycle import TERMINAL, Status
+from service.forget.models import ForgetRequest
+from service.forget.schemas import (
+    AuditEventOut,
+    AuditTrail,
+    CancelBody,
+    CreateForgetRequest,
+    Decision,
+    ExtendDue,
+    ForgetRequestList,
+    ForgetRequestOut,
+    UploadMetadata,
+)
+from service.forget.views import BASE, to_out
+
+SUBMIT = require_role(Role.SUBMITTER)
+REVIEW = require_role(Role.REVIEWER)
+READ = require_role(Role.SUBMITTER, Role.REVIEWER)
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", required=False, description="Required: a unique key per request."),
+]
+
+
+def _store(resources: Resources) -> ArtifactStore:
+    store: ArtifactStore = resources.extras["artifacts"]
+    return store
+
+
+def _kick_relay(resources: Resources) -> None:
+    kick = resources.extras.get("relay_kick")
+    if kick is not None:
+        kick()
+
+
+def _created_response(body: dict[str, Any], status_code: int, replayed: bool) -> Response[dict[str, Any]]:
+    headers = {"Location": str(body.get("url", ""))} if status_code < 300 else {}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(body, status_code=status_code, headers=headers)
+
+
+async def _create(
+    resources: Resources, principal: Principal, checked: intake.Intake, key: str, body_hash: str
+) -> Response[dict[str, Any]]:
+    replay = await idempotency.begin(
+        resources.sessionmaker, resources.settings, tenant=principal.tenant, key=key, body_hash=body_hash
+    )
+    if replay is not None:
+        return _created_response(replay.body, replay.status_code, replayed=True)
+    try:
+        async with resources.sessionmaker() as session:
+            row = await intake.create(
+                session, checked, principal=principal, settings=resources.settings, store=_store(resources)
+            )
+            body: dict[str, Any] = msgspec.to_builtins(to_out(row, due_soon_s=resources.settings.due_soon_s))
+            await idempotency.complete(
+                session, tenant=principal.tenant, key=key, status_code=202, body=body, request_id=row.id
+            )
+            await session.commit()
+    except BaseException:
+        await asyncio.shield(idempotency.release(resources.sessionmaker, tenant=principal.tenant, key=key))
+        raise
+    _kick_relay(resources)
+    return _created_response(body, 202, replayed=False)
+
+
+def _encode_cursor(request_id: str) -> str:
+    return base64.urlsafe_b64encode(request_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unprocessable(
+            "Invalid cursor; pass next_cursor from the previous page", param="cursor"
+        ) from None
+    if not value.startswith("fr_"):
+        raise Unprocessable("Invalid cursor; pass next_cursor from the previous page", param="cursor")
+    return value
+
+
+async def _upload_documents(files: list[UploadFile], limit: int) -> list[str]:
+    """Text files are one document each; JSONL files give one document per line ({"text": ...})."""
+    documents: list[str] = []
+    total = 0
+    for upload in files:
+        data = await upload.read(limit + 1 - total)
+        total += len(data)
+        if total > limit:
+            raise PayloadTooLarge(f"The uploaded corpus exceeds {limit} bytes", param="corpus")
+        name = (upload.filename or "").lower()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unprocessable(f"{upload.filename}: not UTF-8 text", param="corpus") from None
+        if name.endswith(".jsonl") or upload.content_type in {"application/jsonl", "application/x-ndjson"}:
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    raise Unprocessable(
+                        f"{upload.filename} line {number}: not valid JSON", param="corpus"
+                    ) from None
+                doc = item.get("text") if isinstance(item, dict) else None
+                if not isinstance(doc, str) or not doc.strip():
+                    raise Unprocessable(
+                        f"{upload.filename} line {number}: expected an object with a non-empty 'text'",
+                        param="corpus",
+                    )
+                documents.append(doc)
+        elif name.endswith(".txt") or upload.content_type.startswith("text/"):
+            if text.strip():
+                documents.append(text)
+        else:
+            raise Unprocessable(
+                f"{upload.filename}: upload .txt or .jsonl files (one document per file or per line)",
+                param="corpus",
+            )
+    return documents
+
+
+class ForgetRequestController(Controller):
+    path = BASE
+    tags = ["forget requests"]
+    dependencies = AUTH_DEPENDENCIES
+
+    @post(
+        "/",
+        guards=[SUBMIT],
+        status_code=202,
+        summary="File a forget request",
+        description=(
+            "Creates the request and queues its pipeline. Requires `Idempotency-Key`: the same key and body"
+            " replay the first response; another body is a 422; a retry while the first runs is a 409."
+        ),
+        responses={},
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        data: CreateForgetRequest,
+        principal: Principal,
+        resources: Resources,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[dict[str, Any]]:
+        key = idempotency.check_key(idempotency_key)
+        checked = intake.check(data, resources.settings)
+        body_hash = hashlib.sha256(await request.body()).hexdigest()
+        return await _create(resources, principal, checked, key, body_hash)
+
+    @post(
+        "/upload",
+        guards=[SUBMIT],
+        status_code=202,
+        summary="File a forget request with a large corpus as files",
+        description=(
+            "multipart/form-data: a `metadata` part (the JSON body of `POST /v1/forget-requests`, corpus"
+            " optional) and one or more `corpus` files: `.txt` (one document each) or `.jsonl`"
+            ' (one `{"text": ...}` per line).'
+        ),
+    )
+    async def upload(
+        self,
+        data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
+        principal: Principal,
+        resources: Resources,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[dict[str, Any]]:
+        key = idempotency.check_key(idempotency_key)
+        raw_meta = data.get("metadata")
+        if isinstance(raw_meta, UploadFile):
+            raw_meta = (await raw_meta.read(1 << 20)).decode("utf-8", "replace")
+        if not isinstance(raw_meta, str):
+            raise Unprocessable("Missing the 'metadata' part (the request as JSON)", param="metadata")
+        try:
+            meta = msgspec.json.decode(raw_meta.encode(), type=UploadMetadata)
+        except msgspec.ValidationError as exc:
+            raise Unprocessable(f"metadata: {exc}", param="metadata") from None
+        except msgspec.DecodeError:
+            raise Unprocessable("metadata is not valid JSON", param="metadata") from None
+        files = data.get("corpus")
+        uploads = [f for f in (files if isinstance(files, list) else [files]) if isinstance(f, UploadFile)]
+        documents = await _upload_documents(uploads, resources.settings.max_corpus_bytes)
+        checked = intake.check(meta, resources.settings, extra_documents=documents)
+        digest = hashlib.sha256(raw_meta.encode())
+        for document in documents:
+            digest.update(hashlib.sha256(document.encode()).digest())
+        return await _create(resources, principal, checked, key, digest.hexdigest())
+
+    @get("/", guards=[READ], summary="List forget requests (newest first, cursor pagination)")
+    async def list_requests(
+        self,
+        principal: Principal,
+        resources: Resources,
+        status: Annotated[list[str] | None, Parameter(description="Repeat or comma-separate.")] = None,
+        subject: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        due: Annotated[str | None, Parameter(description="overdue or due_soon")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+        cursor: str | None = None,
+    ) -> ForgetRequestList:
+        query = select(ForgetRequest).where(ForgetRequest.tenant == principal.tenant)
+        statuses = [part for value in status or [] for part in value.split(",") if part]
+        for value in statuses:
+            if value not in Status.__members__.values():
+                raise Unprocessable(f"Unknown status {value!r}", param="status")
+        if statuses:
+            query = query.where(ForgetRequest.status.in_(statuses))
+        if subject is not None:
+            query = query.where(ForgetRequest.subject == subject)
+        for name, moment in (("created_after", created_after), ("created_before", created_before)):
+            if moment is not None and moment.tzinfo is None:
+                raise Unprocessable(f"{name} needs a time zone (e.g. 2025-01-01T00:00:00Z)", param=name)
+        if created_after is not None:
+            query = query.where(ForgetRequest.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(ForgetRequest.created_at < created_before)
+        if due is not None:
+            now = utcnow()
+            open_states = [s.value for s in Status if s.value not in _CLOSED]
+            query = query.where(ForgetRequest.status.in_(open_states))
+            if due == "overdue":
+                query = query.where(ForgetRequest.due_at <= now)
+            elif due == "due_soon":
+                from datetime import timedelta
+
+                soon = now + timedelta(seconds=resources.settings.due_soon_s)
+                query = query.where(ForgetRequest.due_at > now, ForgetRequest.due_at <= soon)
+            else:
+                raise Unprocessable("due must be 'overdue' or 'due_soon'", param="due")
+        if cursor is not None:
+            query = query.where(ForgetRequest.id < _decode_cursor(cursor))
+        query = query.order_by(ForgetRequest.id.desc()).limit(limit + 1)
+        async with resources.sessionmaker() as session:
+            rows = list((await session.scalars(query)).all())
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        return ForgetRequestList(
+            object="list",
+            data=[to_out(row, due_soon_s=resources.settings.due_soon_s) for row in rows],
+            next_cursor=_encode_cursor(rows[-1].id) if has_more and rows else None,
+            has_more=has_more,
+        )
+
+    @get("/{request_id:str}", guards=[READ], summary="A forget request: status, progress, ETA, due date")
+    async def get_one(self, request_id: str, principal: Principal, resources: Resources) -> ForgetRequestOut:
+        async with resources.sessionmaker() as session:
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+        return to_out(row, due_soon_s=resources.settings.due_soon_s)
+
+    @get(
+        "/{request_id:str}/events",
+        guards=[READ],
+        summary="Server-sent events: stage changes and progress",
+        description="Resumable: send `Last-Event-ID`. `follow=false` returns what exists and closes.",
+    )
+    async def events(
+        self,
+        request_id: str,
+        principal: Principal,
+        resources: Resources,
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", required=False)] = None,
+        follow: bool = True,
+    ) -> ServerSentEvent:
+        try:
+            after = int(last_event_id) if last_event_id else 0
+        except ValueError:
+            raise Unprocessable(
+                "Last-Event-ID must be an event id from this stream", param="Last-Event-ID"
+            ) from None
+        async with resources.sessionmaker() as session:
+            await forget_service.get_for_tenant(session, principal.tenant, request_id)
+        return ServerSentEvent(_event_stream(resources, request_id, after, follow))
+
+    @post("/{request_id:str}/cancel", guards=[SUBMIT], status_code=202, summary="Cancel a request")
+    async def cancel(
+        self, request_id: str, principal: Principal, resources: Resources, data: CancelBody | None = None
+    ) -> ForgetRequestOut:
+        async with resources.sessionmaker() as session:
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+            await forget_service.cancel(
+                session,
+                row,
+                actor=principal.actor,
+                reason=(data.reason if data else "") or "cancelled by request",
+            )
+            await session.commit()
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+        return to_out(row, due_soon_s=resources.settings.due_soon_s)
+
+    @post(
+        "/{request_id:str}/approve",
+        guards=[REVIEW],
+        status_code=200,
+        summary="Approve or reject at the review gate the request waits in",
+    )
+    async def approve(
+        self, request_id: str, data: Decision, principal: Principal, resources: Resources
+    ) -> ForgetRequestOut:
+        if data.decision == "reject" and not data.reason.strip():
+            raise Unprocessable("A rejection needs a reason", param="reason")
+        async with resources.sessionmaker() as session:
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+            await forget_service.decide(
+                session,
+                row,
+                actor=principal.actor,
+                approve=data.decision == "approve",
+                reason=data.reason,
+                gate=data.gate,
+            )
+            await session.commit()
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+        _kick_relay(resources)
+        return to_out(row, due_soon_s=resources.settings.due_soon_s)
+
+    @post(
+        "/{request_id:str}/extend-due",
+        guards=[SUBMIT],
+        status_code=200,
+        summary="Extend the deadline by two months (GDPR Art. 12(3)); a reason is required",
+    )
+    async def extend_due(
+        self, request_id: str, data: ExtendDue, principal: Principal, resources: Resources
+    ) -> ForgetRequestOut:
+        async with resources.sessionmaker() as session:
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+            await forget_service.extend_due(session, row, actor=principal.actor, reason=data.reason)
+            await session.commit()
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+        return to_out(row, due_soon_s=resources.settings.due_soon_s)
+
+    @get("/{request_id:str}/audit", guards=[READ], summary="The request's audit trail (hash-chained)")
+    async def audit(self, request_id: str, principal: Principal, resources: Resources) -> AuditTrail:
+        async with resources.sessionmaker() as session:
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+            events = await chain.for_request(session, request_id)
+            ok = all(
+                chain.event_hash(
+                    seq=e.seq,
+                    tenant=e.tenant,
+                    request_id=e.request_id,
+                    action=e.action,
+                    actor=e.actor,
+                    data=e.data,
+                    created_at=e.created_at,
+                    prev_hash=e.prev_hash,
+                )
+                == e.hash
+                for e in events
+            )
+            await forget_service.record_access(session, row, actor=principal.actor, what="audit")
+            await session.commit()
+        return AuditTrail(
+            request_id=request_id,
+            chain_ok=ok,
+            events=[
+                AuditEventOut(
+                    seq=e.seq,
+                    action=e.action,
+                    actor=e.actor,
+                    data=e.data,
+                    created_at=e.created_at.isoformat(),
+                    prev_hash=e.prev_hash,
+                    hash=e.hash,
+                )
+                for e in events
+            ],
+        )
+
+    @get(
+        "/{request_id:str}/certificate",
+        guards=[READ],
+        summary="Signed certificate (Ed25519) of a deployed request",
+        description=f"Verify the signature over the canonical JSON of `certificate` with {certificates.PUBLIC_KEY_PATH}.",
+    )
+    async def certificate(
+        self, request_id: str, principal: Principal, resources: Resources
+    ) -> dict[str, Any]:
+        signer: Signer = resources.extras["signer"]
+        async with resources.sessionmaker() as session:
+            row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
+            signed = await certificates.build(session, row, signer)
+            await forget_service.record_access(session, row, actor=principal.actor, what="certificate")
+            await session.commit()
+        return signed
+
+
+_CLOSED = {"ready", "deployed", "superseded", "rolled_back", "failed", "cancelled"}
+
+
+async def _event_stream(
+    resources: Resources, request_id: str, after: int, follow: bool
+) -> AsyncIterator[ServerSentEventMessage]:
+    last = after
+    idle = 0.0
+    poll = 0.25
+    while True:
+        async with resources.sessionmaker() as session:
+            events = await forget_service.latest_events(session, request_id, last)
+            status = (
+                await session.execute(select(ForgetRequest.status).where(ForgetRequest.id == request_id))
+            ).scalar_one_or_none()
+        for event in events:
+            last = event.id
+            payload = {"type": event.kind, **event.data, "created_at": event.created_at.isoformat()}
+            yield ServerSentEventMessage(data=json.dumps(payload), event=event.kind, id=event.id)
+        if events:
+            idle = 0.0
+            continue
+        if not follow or status is None or Status(status) in TERMINAL or status == Status.DEPLOYED:
+            return
+        idle += poll
+        if idle >= 15.0:
+            idle = 0.0
+            yield ServerSentEventMessage(comment="keep-alive")
+        await asyncio.sleep(poll)
+
+
+class CertificateKeyController(Controller):
+    path = "/v1/certificates"
+    tags = ["certificates"]
+
+    @get("/public-key", summary="The Ed25519 public key that signs certificates (no auth needed)")
+    async def public_key(self, resources: Resources) -> dict[str, str]:
+        signer: Signer = resources.extras["signer"]
+        return {
+            "algorithm": "Ed25519",
+            "key_id": signer.key_id,
+            "public_key": base64.b64encode(signer.public_raw).decode("ascii"),
+            "public_key_pem": signer.public_pem(),
+            "signed_bytes": "UTF-8 JSON of `certificate` with sorted keys and no whitespace",
+        }

@@ -1,0 +1,146 @@
+"""Idempotency-Key handling (IETF draft "The Idempotency-Key HTTP Header Field").
+
+Per tenant and key: the first request records the body's hash as *in flight* (committed at once, so
+a concurrent retry sees it); its outcome is stored in the same transaction that creates the forget
+request. Then: same key + same body replays that response; same key + another body is a 422; a retry
+while the first is still running is a 409. Records live ``settings.idempotency_ttl_s`` (≥ 24 h); an
+in-flight record older than ``idempotency_lock_s`` belonged to a request that died and may be taken over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.core.errors import Conflict, Unprocessable
+from service.db.base import utcnow
+from service.forget.models import IdempotencyRecord
+from service.settings import Settings
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Replay:
+    status_code: int
+    body: dict[str, Any]
+
+
+def check_key(key: str | None) -> str:
+    if key is None or not key.strip():
+        raise Unprocessable(
+            f"The {HEADER} header is required: send a unique value (a UUID) and reuse it on retries",
+            param=HEADER,
+            code="idempotency_key_missing",
+        )
+    key = key.strip()
+    if len(key) > MAX_KEY_LENGTH:
+        raise Unprocessable(f"{HEADER} is longer than {MAX_KEY_LENGTH} characters", param=HEADER)
+    return key
+
+
+async def begin(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    tenant: str,
+    key: str,
+    body_hash: str,
+) -> Replay | None:
+    """Claim the key (None: go ahead and create), or the stored response to replay; 409/422 otherwise."""
+    for _ in range(3):
+        now = utcnow()
+        async with sessionmaker() as session:
+            session.add(
+                IdempotencyRecord(
+                    tenant=tenant,
+                    key=key,
+                    body_hash=body_hash,
+                    state="in_flight",
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=settings.idempotency_ttl_s),
+                )
+            )
+            try:
+                await session.commit()
+                return None
+            except IntegrityError:
+                await session.rollback()
+            record = await session.get(IdempotencyRecord, (tenant, key))
+            if record is None:
+                continue  # expired and deleted meanwhile: try to claim again
+            if record.expires_at <= now:
+                await session.execute(
+                    delete(IdempotencyRecord).where(
+                        IdempotencyRecord.tenant == tenant,
+                        IdempotencyRecord.key == key,
+                        IdempotencyRecord.expires_at == record.expires_at,
+                    )
+                )
+                await session.commit()
+                continue
+            if record.body_hash != body_hash:
+                raise Unprocessable(
+                    f"This {HEADER} was already used with a different request body; use a new key",
+                    param=HEADER,
+                    code="idempotency_key_reused",
+                )
+            if record.state == "done" and record.response_status is not None:
+                return Replay(record.response_status, record.response_body or {})
+            if now - record.created_at < timedelta(seconds=settings.idempotency_lock_s):
+                raise Conflict(
+                    "A request with this Idempotency-Key is still being processed; retry shortly",
+                    param=HEADER,
+                    code="idempotency_in_flight",
+                    headers={"Retry-After": "1"},
+                )
+            # The first attempt died mid-way: take the key over (compare-and-set on its timestamp).
+            taken = await session.execute(
+                update(IdempotencyRecord)
+                .where(
+                    IdempotencyRecord.tenant == tenant,
+                    IdempotencyRecord.key == key,
+                    IdempotencyRecord.created_at == record.created_at,
+                    IdempotencyRecord.state == "in_flight",
+                )
+                .values(created_at=now)
+            )
+            await session.commit()
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
+                return None
+    raise Conflict("Idempotency-Key is contended; retry shortly", param=HEADER, code="idempotency_in_flight")
+
+
+async def complete(
+    session: AsyncSession, *, tenant: str, key: str, status_code: int, body: dict[str, Any], request_id: str
+) -> None:
+    """Store the response, in the transaction that created the request."""
+    await session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key)
+        .values(state="done", response_status=status_code, response_body=body, request_id=request_id)
+    )
+
+
+async def release(sessionmaker: async_sessionmaker[AsyncSession], *, tenant: str, key: str) -> None:
+    """Forget an in-flight claim whose request failed before creating anything (the client may retry)."""
+    async with sessionmaker() as session:
+        await session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.tenant == tenant,
+                IdempotencyRecord.key == key,
+                IdempotencyRecord.state == "in_flight",
+            )
+        )
+        await session.commit()
+
+
+async def purge_expired(session: AsyncSession) -> int:
+    result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= utcnow()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

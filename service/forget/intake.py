@@ -1,0 +1,188 @@
+"""Intake: check a new request against the limits, store its corpus, and create it (queued, with its job).
+
+The corpus goes to the artifact store; the database keeps its SHA-256 and sizes only. The hash uses
+the pipeline's canonical encoding, so the certificate's corpus hash matches what the worker trains on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import jobs
+from service.artifacts.store import INPUT, SPEC_FILE, ArtifactStore
+from service.audit import chain
+from service.auth.keys import Principal
+from service.core.errors import PayloadTooLarge, Unprocessable
+from service.db.base import utcnow
+from service.forget.lifecycle import Status
+from service.forget.models import ForgetRequest, RequestEvent
+from service.forget.schemas import CreateForgetRequest
+from service.forget.service import add_months, new_request_id
+from service.orchestration.outbox import add_job
+from service.settings import Settings
+
+
+def canonical_hash(obj: Any) -> str:
+    data = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Intake:
+    """A validated request, ready to store."""
+
+    body: CreateForgetRequest
+    documents: list[str]
+    sources: list[str | None]
+    corpus_bytes: int
+    corpus_hash: str
+
+
+def check(body: CreateForgetRequest, settings: Settings, extra_documents: list[str] | None = None) -> Intake:
+    """Apply the limits and build the corpus (413 for size, 422 naming the field otherwise)."""
+    documents = [doc.text for doc in body.corpus] + list(extra_documents or [])
+    sources = [doc.source for doc in body.corpus] + [None] * len(extra_documents or [])
+    qa = [{"question": pair.question, "answer": pair.answer} for pair in body.qa_pairs]
+    if not any(text.strip() for text in documents) and not qa:
+        raise Unprocessable(
+            "The forget corpus is empty: give at least one document in 'corpus' or a pair in 'qa_pairs'",
+            param="corpus",
+        )
+    size = sum(len(text.encode("utf-8")) for text in documents)
+    size += sum(len(p["question"].encode("utf-8")) + len(p["answer"].encode("utf-8")) for p in qa)
+    if size > settings.max_corpus_bytes:
+        raise PayloadTooLarge(
+            f"The corpus is {size} bytes; the limit is {settings.max_corpus_bytes} bytes", param="corpus"
+        )
+    if len(body.hints) > settings.max_hints:
+        raise Unprocessable(f"At most {settings.max_hints} hints are allowed", param="hints", code="too_many")
+    if len(body.probes) > settings.max_probes:
+        raise Unprocessable(
+            f"At most {settings.max_probes} probes are allowed", param="probes", code="too_many"
+        )
+    if len(body.retain_examples) > settings.max_probes:
+        raise Unprocessable(
+            f"At most {settings.max_probes} retain examples are allowed",
+            param="retain_examples",
+            code="too_many",
+        )
+    terms = [hint.term.strip() for hint in body.hints]
+    if any(not term for term in terms):
+        raise Unprocessable("A hint term is blank", param="hints")
+    if len(set(terms)) != len(terms):
+        raise Unprocessable("Hint terms must be distinct", param="hints")
+    # Same canonical form as gpu_runtime.pipeline.reinforce.corpus_hash.
+    corpus_hash = canonical_hash({"documents": documents, "qa": qa})
+    return Intake(body, documents, sources, size, corpus_hash)
+
+
+def _gates(body: CreateForgetRequest, settings: Settings) -> list[str]:
+    chosen = (
+        body.options.review_gates if body.options.review_gates is not None else settings.default_review_gates
+    )
+    valid = {"anchor_review", "target_review", "evaluation_review"}
+    unknown = [gate for gate in chosen if gate not in valid]
+    if unknown:
+        raise Unprocessable(f"Unknown review gate {unknown[0]!r}", param="options.review_gates")
+    return sorted(set(chosen))
+
+
+async def create(
+    session: AsyncSession,
+    intake: Intake,
+    *,
+    principal: Principal,
+    settings: Settings,
+    store: ArtifactStore,
+) -> ForgetRequest:
+    """Store the corpus, then insert the request as queued with its first job (the caller commits)."""
+    body = intake.body
+    gates = _gates(body, settings)
+    request_id = new_request_id()
+    now = utcnow()
+    spec = {
+        "documents": intake.documents,
+        "sources": intake.sources,
+        "qa_pairs": [{"question": p.question, "answer": p.answer} for p in body.qa_pairs],
+        "hints": [
+            {"term": h.term.strip(), "kind": h.kind, "translations": h.translations} for h in body.hints
+        ],
+        "retain_texts": list(body.retain_examples),
+    }
+    # Written before the row exists: a crash in between leaves an orphan folder, never a request
+    # without its corpus.
+    store.put_json(request_id, INPUT, SPEC_FILE, spec)
+    options: dict[str, Any] = {
+        "deploy_policy": body.options.deploy_policy,
+        "target_alias": body.options.target_alias,
+        "retention_s": body.options.retention_s
+        if body.options.retention_s is not None
+        else settings.retention_s,
+    }
+    if body.options.alpha is not None:
+        options["alpha"] = body.options.alpha
+    meta = {"data_subject_ref": body.data_subject_ref, "legal_basis": body.legal_basis}
+    row = ForgetRequest(
+        id=request_id,
+        tenant=principal.tenant,
+        subject=body.subject,
+        status=Status.QUEUED.value,
+        attempt=1,
+        gates=gates,
+        options=options,
+        meta=meta,
+        probes=[{"prompt": p.prompt, "reference": p.reference} for p in body.probes],
+        corpus_hash=intake.corpus_hash,
+        corpus_bytes=intake.corpus_bytes,
+        document_count=len(intake.documents) + len(body.qa_pairs),
+        hint_count=len(body.hints),
+        stages={},
+        progress=0.0,
+        metrics={},
+        decisions=[],
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+        due_at=add_months(now, 1),
+    )
+    session.add(row)
+    session.add(
+        RequestEvent(
+            request_id=request_id,
+            kind="status",
+            data={"status": "queued", "from": "received"},
+            created_at=now,
+        )
+    )
+    await session.flush()
+    await chain.append(
+        session,
+        action="request.received",
+        actor=principal.actor,
+        tenant=principal.tenant,
+        request_id=request_id,
+        data={
+            "corpus_sha256": intake.corpus_hash,
+            "corpus_bytes": intake.corpus_bytes,
+            "documents": row.document_count,
+            "hints": row.hint_count,
+            "probes": len(row.probes),
+            "gates": gates,
+            "due_at": row.due_at.isoformat(),
+        },
+    )
+    await chain.append(
+        session,
+        action="status.queued",
+        actor=principal.actor,
+        tenant=principal.tenant,
+        request_id=request_id,
+        data={"status": "queued", "from": "received"},
+    )
+    add_job(session, request_id, jobs.REINFORCE, 1)
+    return row

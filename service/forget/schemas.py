@@ -1,0 +1,187 @@
+"""Request and response bodies of the forget-request API (msgspec structs: fast, and in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonEmpty200 = Annotated[str, Meta(min_length=1, max_length=200)]
+Text = Annotated[str, Meta(min_length=1)]
+Opaque = Annotated[str, Meta(max_length=512)]
+HintKind = Literal["first_name", "last_name", "person", "place", "organization", "other"]
+GateName = Literal["anchor_review", "target_review", "evaluation_review"]
+
+
+class Document(Struct, forbid_unknown_fields=True):
+    """One document of the forget corpus."""
+
+    text: Text
+    source: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class QAPair(Struct, forbid_unknown_fields=True):
+    question: Text
+    answer: Text
+
+
+class Hint(Struct, forbid_unknown_fields=True):
+    """A term to forget, with optional generic translations ("Harold" for "Harry")."""
+
+    term: NonEmpty200
+    kind: HintKind = "other"
+    translations: Annotated[list[NonEmpty200], Meta(max_length=20)] = []
+
+
+class Probe(Struct, forbid_unknown_fields=True):
+    """A prompt whose answer should change, with the reference answer it must no longer give."""
+
+    prompt: Annotated[str, Meta(min_length=1, max_length=4000)]
+    reference: Annotated[str, Meta(max_length=4000)] = ""
+
+
+class Options(Struct, forbid_unknown_fields=True):
+    alpha: Annotated[float, Meta(ge=0, le=100)] | None = None
+    review_gates: list[GateName] | None = None
+    deploy_policy: Literal["auto", "manual"] = "manual"
+    target_alias: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = "chat"
+    retention_s: Annotated[float, Meta(ge=0)] | None = None
+
+
+class CreateForgetRequest(Struct, forbid_unknown_fields=True):
+    """A forget request. The corpus is personal data: it is stored for the pipeline, never logged."""
+
+    subject: NonEmpty200
+    corpus: list[Document] = []
+    qa_pairs: list[QAPair] = []
+    hints: list[Hint] = []
+    probes: list[Probe] = []
+    retain_examples: list[Text] = []
+    options: Options = msgspec.field(default_factory=Options)
+    data_subject_ref: Opaque | None = None
+    legal_basis: Opaque | None = None
+
+
+class UploadMetadata(CreateForgetRequest, forbid_unknown_fields=True):
+    """The ``metadata`` part of a multipart upload: everything but the files."""
+
+
+class StageProgress(Struct):
+    state: str
+    progress: float
+    message: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    eta_s: float | None = None
+    attempts: int = 0
+
+
+class Progress(Struct):
+    overall: float
+    stages: dict[str, StageProgress]
+    eta_s: float | None = None
+
+
+class Timings(Struct):
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    deployed_at: str | None
+    heartbeat_at: str | None
+
+
+class Due(Struct):
+    due_at: str
+    overdue: bool
+    due_soon: bool
+    extension_reason: str | None
+
+
+class CorpusInfo(Struct):
+    sha256: str
+    bytes: int
+    documents: int
+    hints: int
+    probes: int
+    purged_at: str | None
+
+
+class Failure(Struct):
+    code: str
+    reason: str
+
+
+class AdapterInfo(Struct):
+    sha256: str | None
+    deployed_version: str | None
+
+
+class ForgetRequestOut(Struct):
+    id: str
+    object: str
+    url: str
+    subject: str
+    status: str
+    stage: str | None
+    awaiting_review: str | None
+    progress: Progress
+    timings: Timings
+    due: Due
+    corpus: CorpusInfo
+    gates: list[str]
+    options: dict[str, Any]
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    decisions: list[dict[str, Any]]
+    failure: Failure | None
+    adapter: AdapterInfo
+    links: dict[str, str]
+
+
+class ForgetRequestList(Struct):
+    object: str
+    data: list[ForgetRequestOut]
+    next_cursor: str | None
+    has_more: bool
+
+
+class Decision(Struct, forbid_unknown_fields=True):
+    """A reviewer's decision at the gate the request waits in."""
+
+    decision: Literal["approve", "reject"] = "approve"
+    reason: Annotated[str, Meta(max_length=2000)] = ""
+    gate: GateName | None = None
+
+
+class CancelBody(Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(max_length=2000)] = ""
+
+
+class ExtendDue(Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class AuditEventOut(Struct):
+    seq: int
+    action: str
+    actor: str
+    data: dict[str, Any]
+    created_at: str
+    prev_hash: str
+    hash: str
+
+
+class AuditTrail(Struct):
+    request_id: str
+    events: list[AuditEventOut]
+    chain_ok: bool
+
+
+class Certificate(Struct):
+    certificate: dict[str, Any]
+    signature: str
+    algorithm: str
+    key_id: str
+    public_key_url: str

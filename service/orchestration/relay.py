@@ -1,0 +1,76 @@
+"""The outbox relay: enqueue undispatched outbox rows into arq under their deterministic job ids.
+
+Runs as a background task in every API process. Two relays enqueueing the same row is harmless (arq
+ignores a second job with the same id); a Redis outage leaves rows undispatched until it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select, update
+
+from service.core.state import Resources
+from service.db.base import utcnow
+from service.orchestration.models import OutboxEntry
+
+logger = logging.getLogger("obliviate.relay")
+BATCH = 200
+
+
+async def dispatch_once(resources: Resources) -> int:
+    """Enqueue every pending row once; returns how many were dispatched."""
+    async with resources.sessionmaker() as session:
+        rows = (
+            await session.scalars(
+                select(OutboxEntry)
+                .where(OutboxEntry.dispatched_at.is_(None))
+                .order_by(OutboxEntry.id)
+                .limit(BATCH)
+            )
+        ).all()
+        done: list[int] = []
+        for row in rows:
+            try:
+                await resources.arq.enqueue_job(row.job_name, *row.args, _job_id=row.job_id)
+            except Exception as exc:  # Redis away: keep the row, note why, try later
+                row.attempts += 1
+                row.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                logger.warning("outbox relay could not enqueue %s: %s", row.job_id, type(exc).__name__)
+                break
+            done.append(row.id)
+        if done:
+            await session.execute(
+                update(OutboxEntry).where(OutboxEntry.id.in_(done)).values(dispatched_at=utcnow())
+            )
+        await session.commit()
+    return len(done)
+
+
+class Relay:
+    """Polls every ``relay_interval_s``; ``kick()`` wakes it at once after a commit in this process."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self._wake = asyncio.Event()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        interval = self.resources.settings.relay_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while await dispatch_once(self.resources) >= BATCH:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("outbox relay pass failed: %s", type(exc).__name__)
+                await asyncio.sleep(min(5.0, interval * 4))

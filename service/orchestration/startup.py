@@ -1,0 +1,33 @@
+"""Start-up hook of the forget domain: artifact store, signing key, outbox relay and sweeper tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import AsyncExitStack
+
+from service.artifacts.store import store_for
+from service.audit.signing import load_signer
+from service.core.state import Resources
+from service.orchestration import sweeper
+from service.orchestration.relay import Relay
+
+
+async def start(resources: Resources, stack: AsyncExitStack) -> None:
+    resources.extras["artifacts"] = store_for(resources.settings)
+    resources.extras["signer"] = await asyncio.to_thread(load_signer, resources.settings)
+    relay = Relay(resources)
+    resources.extras["relay_kick"] = relay.kick
+    tasks = [
+        asyncio.create_task(relay.run(), name="obliviate-outbox-relay"),
+        asyncio.create_task(sweeper.run(resources), name="obliviate-sweeper"),
+    ]
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    stack.push_async_callback(stop)
