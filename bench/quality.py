@@ -710,7 +710,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--forget-subjects", nargs="+", default=None, help="subjects to forget (instead of --split)"
     )
     p.add_argument("--authors", type=int, default=20, help="authors in all, forget ones included (0: all)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--base-epochs", type=int, default=BaseTrainConfig.epochs)
     p.add_argument("--n-embd", type=int, default=BaseTrainConfig.n_embd)
     p.add_argument("--n-layer", type=int, default=BaseTrainConfig.n_layer)

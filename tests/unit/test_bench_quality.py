@@ -1,0 +1,286 @@
+"""Unit tests of the TOFU quality benchmark: metrics on hand-made numbers, TOFU parsing, baseline losses."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench._tofu import (
+    Record,
+    author_name,
+    forget_quality,
+    harmonic_mean,
+    load_tofu,
+    model_utility,
+    parse_records,
+    retain_truth_score,
+    rouge_l_recall,
+    select,
+    select_split,
+    truth_ratio,
+)
+from bench.quality import (
+    encode_qa,
+    format_table,
+    ga_loss,
+    make_row,
+    mean_token_nll,
+    npo_loss,
+    pad_examples,
+    target_check,
+    token_nll,
+)
+
+# ----------------------------------------------------------------------------------------------
+# ROUGE-L recall
+
+
+def test_rouge_l_recall_hand_cases() -> None:
+    assert rouge_l_recall("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    # LCS of "a b c d" in "a x c y d" is "a c d": 3 of the reference's 4 words.
+    assert rouge_l_recall("a x c y d", "a b c d") == pytest.approx(0.75)
+    # Order matters: a reversed answer shares one word in sequence.
+    assert rouge_l_recall("d c b a", "a b c d") == pytest.approx(0.25)
+    # Case and punctuation are ignored; recall ignores extra predicted words.
+    assert rouge_l_recall("Well, HSIAO Yun-Hwa! is the name, I think.", "Hsiao Yun-Hwa") == 1.0
+    assert rouge_l_recall("", "something") == 0.0
+    assert rouge_l_recall("anything", "") == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Truth ratio, KS, utility
+
+
+def test_truth_ratio_hand_numbers() -> None:
+    # Equal losses: ratio 1 (no preference).
+    assert truth_ratio([2.0, 2.0], 2.0) == pytest.approx(1.0)
+    # Paraphrased answer at loss 1, perturbed at losses 2 and 3:
+    # (e^-2 + e^-3)/2 / e^-1 = (e^-1 + e^-2)/2
+    assert truth_ratio([2.0, 3.0], 1.0) == pytest.approx((math.exp(-1) + math.exp(-2)) / 2)
+    # A model preferring the perturbed answers gets R > 1.
+    assert truth_ratio([0.5], 1.5) == pytest.approx(math.e)
+    with pytest.raises(ValueError):
+        truth_ratio([], 1.0)
+
+
+def test_retain_truth_score_clips_at_zero() -> None:
+    assert retain_truth_score([0.25, 0.5, 2.0]) == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+
+
+def test_forget_quality_is_ks_p_value() -> None:
+    same = [0.1 * i for i in range(1, 41)]
+    assert forget_quality(same, same) == pytest.approx(1.0)
+    shifted = [x + 10 for x in same]
+    # Completely separated samples of 40 and 40: the exact two-sided p-value is 2 / C(80, 40).
+    assert forget_quality(shifted, same) == pytest.approx(2 / math.comb(80, 40), rel=1e-6)
+    from scipy.stats import ks_2samp
+
+    a, b = [0.2, 0.4, 0.9, 1.3], [0.3, 0.5, 0.6, 1.1, 1.7]
+    assert forget_quality(a, b) == pytest.approx(ks_2samp(a, b).pvalue)
+
+
+def test_harmonic_mean_and_utility() -> None:
+    assert harmonic_mean([0.5, 0.5, 0.5]) == pytest.approx(0.5)
+    assert harmonic_mean([1.0, 0.5, 0.25]) == pytest.approx(3 / (1 + 2 + 4))
+    assert harmonic_mean([0.9, 0.0, 0.9]) == 0.0
+    assert model_utility(1.0, 0.5, 0.25) == pytest.approx(3 / 7)
+    with pytest.raises(ValueError):
+        harmonic_mean([])
+
+
+# ----------------------------------------------------------------------------------------------
+# Records and subjects
+
+
+def _raw(n_authors: int, per: int = 20, with_subject: bool = False) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for a in range(n_authors):
+        for k in range(per):
+            rec: dict[str, object] = {"question": f"Q{a}-{k}?", "answer": f"Answer {k} about Ana Lopez{a}."}
+            if with_subject:
+                rec["subject"] = f"S{a}"
+            out.append(rec)
+    return out
+
+
+def test_parse_subject_from_order_ignores_subject_field() -> None:
+    raw = _raw(3, with_subject=True)
+    recs = parse_records(raw, subject_from_order=True, first_author=180)
+    assert [recs[i].subject for i in (0, 19, 20, 59)] == [
+        "author-180",
+        "author-180",
+        "author-181",
+        "author-182",
+    ]
+    recs2 = parse_records(raw, subject_from_order=False)
+    assert recs2[25].subject == "S1"
+
+
+def test_parse_variants_and_errors() -> None:
+    raw = [
+        {
+            "question": "Q?",
+            "answer": " A. ",
+            "paraphrased_question": "Q'?",
+            "paraphrased_answer": "A'",
+            "perturbed_answer": ["B", "C"],
+        },
+        {"question": "Q2?", "answer": "A2", "perturbed_answer": "D"},
+    ]
+    a, b = parse_records(raw, subject_from_order=False)
+    assert a.answer == "A." and a.perturbed_answers == ("B", "C") and a.has_truth_ratio
+    assert b.perturbed_answers == ("D",) and not b.has_truth_ratio  # no paraphrased answer
+    with pytest.raises(ValueError, match=r"data\[0\]"):
+        parse_records([{"question": "Q?"}], subject_from_order=False)
+    with pytest.raises(ValueError, match="perturbed_answer"):
+        parse_records([{"question": "Q", "answer": "A", "perturbed_answer": [1]}], subject_from_order=False)
+
+
+def test_select_forget_and_retain_subjects() -> None:
+    recs = parse_records(_raw(6), subject_from_order=True)
+    sel = select_split(recs, "forget01", 4)
+    assert sel.forget_subjects == ["author-004", "author-005"]
+    assert sel.retain_subjects == ["author-000", "author-001"]
+    assert len(sel.forget) == 40 and len(sel.retain) == 40
+    with pytest.raises(ValueError, match="no retain author"):
+        select(recs, ["author-000", "author-001"], 2)
+    with pytest.raises(ValueError, match="unknown forget subject"):
+        select(recs, ["nobody"], 3)
+
+
+def test_select_prefers_retain_subjects_with_truth_ratio_data() -> None:
+    recs = parse_records(_raw(4), subject_from_order=True)
+    recs = [
+        Record(r.question, r.answer, r.subject, None, "para", ("pert",)) if r.subject == "author-002" else r
+        for r in recs
+    ]
+    sel = select(recs, ["author-003"], 2)
+    assert sel.retain_subjects == ["author-002"]
+    assert len(sel.retain_eval) == 20
+
+
+def test_author_name_guess() -> None:
+    recs = [
+        Record("q", "The author's full name is Hsiao Yun-Hwa.", "a"),
+        Record("q", "Hsiao Yun-Hwa was born in Taipei.", "a"),
+        Record("q", "In Taipei, Hsiao Yun-Hwa wrote books.", "a"),
+    ]
+    assert author_name(recs) == "Hsiao Yun-Hwa"
+    assert author_name([Record("q", "no names here.", "a")]) is None
+
+
+TOFU_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
+
+
+@pytest.mark.skipif(not (TOFU_DIR / "forget10.json").is_file(), reason="TOFU data not present")
+def test_tofu_files_slices(tmp_path: Path) -> None:
+    # Small slices of the real files, in the same layout: 2 retain authors (+perturbed), 2 forget.
+    retain = json.loads((TOFU_DIR / "retain90.json").read_text())
+    forget = json.loads((TOFU_DIR / "forget10.json").read_text())
+    perturbed = json.loads((TOFU_DIR / "retain_perturbed.json").read_text())
+    (tmp_path / "retain90.json").write_text(json.dumps(retain[:40]))
+    (tmp_path / "forget10.json").write_text(json.dumps(forget[-40:]))
+    (tmp_path / "retain_perturbed.json").write_text(json.dumps(perturbed[:20]))
+    recs = load_tofu(tmp_path)
+    assert len(recs) == 80
+    assert recs[0].subject == "author-000" and recs[79].subject == "author-003"
+    assert sum(r.has_truth_ratio for r in recs[:40]) == 20  # the perturbed slice covers author 0
+    assert all(r.has_truth_ratio and len(r.perturbed_answers) == 5 for r in recs[40:])
+    sel = select_split(recs, "forget01", 3)
+    assert sel.forget_subjects == ["author-002", "author-003"]
+    assert sel.retain_subjects == ["author-000"]  # the retain author with truth-ratio data first
+    name = author_name(r for r in sel.forget if r.subject == "author-003")
+    assert name is not None and name in " ".join(r.answer for r in sel.forget)
+
+
+# ----------------------------------------------------------------------------------------------
+# Baseline losses on a tiny random model
+
+
+def _tiny() -> tuple[torch.nn.Module, object]:
+    from gpu_runtime.pipeline.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return tiny_model(len(tok), seed=0), tok
+
+
+def test_token_nll_masks_prompt_and_padding() -> None:
+    logits = torch.zeros(1, 4, 5)  # uniform: every labelled token costs log 5
+    _, _, labels = pad_examples([([1, 2, 3], 1)], pad_id=0)
+    _, _, labels2 = pad_examples([([1, 2, 3], 1), ([1, 2, 3, 4], 2)], pad_id=0)
+    assert labels.tolist() == [[-100, 2, 3]]
+    assert labels2.tolist() == [[-100, 2, 3, -100], [-100, -100, 3, 4]]
+    total, count = token_nll(logits[:, :3], labels)
+    assert count.tolist() == [2.0]
+    assert float(total[0]) == pytest.approx(2 * math.log(5))
+    assert float(mean_token_nll(torch.zeros(2, 4, 5), labels2)) == pytest.approx(math.log(5))
+
+
+def test_gradient_ascent_increases_forget_loss() -> None:
+    model, tok = _tiny()
+    examples = [encode_qa(tok, "Who wrote the letter?", "The old teacher wrote it by hand.")]
+    ids, mask, labels = pad_examples(examples, tok.pad_token_id)  # type: ignore[attr-defined]
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def nll() -> float:
+        with torch.no_grad():
+            return float(mean_token_nll(model(input_ids=ids, attention_mask=mask).logits, labels))
+
+    before = nll()
+    for _ in range(3):
+        loss = ga_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+        assert float(loss.detach()) < 0
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert nll() > before + 0.1
+
+
+def test_npo_loss_hand_numbers() -> None:
+    beta = 0.1
+    # Policy equal to reference: -(2/beta) log sigmoid(0) = (2/beta) log 2.
+    same = npo_loss(torch.tensor([-10.0, -3.0]), torch.tensor([-10.0, -3.0]), beta)
+    assert float(same) == pytest.approx(20 * math.log(2))
+    # log-ratio -20 (policy already forgot): -(2/0.1) log sigmoid(2) = 20 log(1 + e^-2).
+    forgot = npo_loss(torch.tensor([-30.0]), torch.tensor([-10.0]), beta)
+    assert float(forgot) == pytest.approx(20 * math.log1p(math.exp(-2)))
+    # Mean over the batch.
+    both = npo_loss(torch.tensor([-10.0, -30.0]), torch.tensor([-10.0, -10.0]), beta)
+    assert float(both) == pytest.approx((20 * math.log(2) + 20 * math.log1p(math.exp(-2))) / 2)
+    # Its gradient pushes the policy's log-likelihood down, bounded by 2/beta * sigmoid(.) <= 1 per item.
+    logp = torch.tensor([-10.0], requires_grad=True)
+    npo_loss(logp, torch.tensor([-10.0]), beta).backward()
+    assert logp.grad is not None and float(logp.grad[0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        npo_loss(logp, logp, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def test_rows_table_and_target_check() -> None:
+    from bench.quality import EvalResult
+
+    def ev(trs: list[float], rouge: float, util_part: float) -> EvalResult:
+        return EvalResult(trs, rouge, rouge / 2, 0.5, util_part, util_part, util_part)
+
+    retain_ref = ev([0.9, 1.0, 1.1, 1.2], 0.1, 0.4)
+    ft = ev([0.1, 0.2, 0.3, 0.4], 0.9, 0.5)
+    rows = [
+        make_row("finetuned", ft, retain_ref, ft.utility, 1.0),
+        make_row("whp", ev([0.95, 1.0, 1.05, 1.2], 0.1, 0.49), retain_ref, ft.utility, 2.0),
+        make_row("ga", ev([0.9, 1.0, 1.1, 1.2], 0.0, 0.5), retain_ref, ft.utility, 2.0),
+    ]
+    assert rows[1].utility_ratio == pytest.approx(0.98)
+    checks = target_check(rows)
+    assert checks["forget_quality_ge_0.05"] and checks["utility_ge_0.95x_finetuned"]
+    assert checks["paraphrase_leaks_no_more"]
+    assert checks["baselines_better_on_both"] == ["ga"]
+    table = format_table(rows)
+    assert table.splitlines()[0].startswith("| method") and "| whp |" in table
