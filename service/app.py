@@ -33,15 +33,26 @@ StartupHook = Callable[[Resources, AsyncExitStack], Awaitable[None]]
 
 def _domain_route_handlers() -> list[Any]:
     """Route handlers of every domain (each domain module is imported here, not at package import)."""
+    from service.deployments.controllers import DeploymentsController
     from service.forget.controllers import CertificateKeyController, ForgetRequestController
+    from service.gateway.controllers import OpenAIController
 
-    return [HealthController, ForgetRequestController, CertificateKeyController]
+    return [
+        HealthController,
+        ForgetRequestController,
+        CertificateKeyController,
+        OpenAIController,
+        DeploymentsController,
+    ]
 
 
 def _domain_startup_hooks() -> list[StartupHook]:
+    from service.deployments.serving import start_reconciler
+    from service.gateway.runtime import start_engine
     from service.orchestration.startup import start as start_forget_domain
 
-    return [start_forget_domain]
+    # The engine first: the reconciler loads the deployed adapters into it.
+    return [start_forget_domain, start_engine, start_reconciler]
 
 
 def create_app(

@@ -1,0 +1,114 @@
+"""``/v1/deployments``: list what each alias serves, deploy a ready request, roll an alias back."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+from msgspec import Meta, Struct
+
+from service.auth.dependencies import Principal, Role, provide_principal, require_role
+from service.core.state import Resources
+from service.deployments import services
+from service.deployments.models import AdapterVersion
+from service.deployments.serving import AliasView, fingerprint
+
+
+class DeployBody(Struct, forbid_unknown_fields=True):
+    request_id: Annotated[str, Meta(min_length=1, max_length=40)]
+    # Default: the request's target alias (its options), else the served alias.
+    alias: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
+class RollbackBody(Struct, forbid_unknown_fields=True):
+    # A version id (av_...) or number of this alias; default: the current version's parent. 0 = base.
+    to_version: str | int | None = None
+
+
+def version_out(version: AdapterVersion, principal: Principal) -> dict[str, Any]:
+    mine = version.tenant == principal.tenant
+    return {
+        "id": version.id,
+        "object": "adapter_version",
+        "alias": version.alias,
+        "version": version.version,
+        "parent": version.parent_id,
+        "sha256": version.sha256,
+        "fingerprint": fingerprint(version.sha256),
+        "created_at": version.created_at.isoformat(),
+        "mine": mine,
+        # Other tenants see that a version exists, not which request (subject) it came from.
+        "request_id": version.request_id if mine else None,
+        "model": f"adapter:{version.request_id}" if mine and version.request_id else None,
+    }
+
+
+def alias_out(view: AliasView) -> dict[str, Any]:
+    return {
+        "object": "deployment",
+        "alias": view.alias,
+        "version": view.version,
+        "version_id": view.version_id,
+        "parent": view.parent_id,
+        "sha256": view.sha256,
+        "fingerprint": fingerprint(view.sha256),
+        "generation": view.generation,
+        "updated_at": view.updated_at.isoformat() if view.updated_at else None,
+    }
+
+
+class DeploymentsController(Controller):
+    path = "/v1/deployments"
+    tags = ["Deployments"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @get("/", summary="What each alias serves, and every adapter version")
+    async def list_deployments(self, resources: Resources, principal: Principal) -> dict[str, Any]:
+        views, versions = await services.history(resources)
+        return {
+            "object": "list",
+            "data": [alias_out(v) for v in views],
+            "versions": [version_out(v, principal) for v in versions],
+        }
+
+    @post(
+        "/",
+        status_code=201,
+        summary="Deploy a ready request's adapter (hot swap)",
+        guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
+    )
+    async def create_deployment(
+        self, data: DeployBody, resources: Resources, principal: Principal
+    ) -> dict[str, Any]:
+        outcome = await services.deploy(resources, data.request_id, principal=principal, alias=data.alias)
+        assert outcome.version is not None
+        return {
+            **alias_out(outcome.view),
+            "deployed": version_out(outcome.version, principal),
+            "previous_version": outcome.previous.version if outcome.previous else 0,
+        }
+
+    @post(
+        "/{alias:str}/rollback",
+        status_code=200,
+        summary="Serve an earlier version of the alias again",
+        guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
+    )
+    async def rollback(
+        self,
+        resources: Resources,
+        principal: Principal,
+        alias: Annotated[str, Parameter(max_length=64)],
+        data: RollbackBody | None = None,
+    ) -> dict[str, Any]:
+        body = data or RollbackBody()
+        outcome = await services.rollback(resources, alias, principal=principal, to_version=body.to_version)
+        return {
+            **alias_out(outcome.view),
+            "previous_version": outcome.previous.version if outcome.previous else 0,
+        }
+
+
+__all__ = ["DeploymentsController"]

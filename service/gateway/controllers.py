@@ -1,0 +1,274 @@
+"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``: the OpenAI wire format.
+
+Streaming answers are server-sent events. A request is queued in the engine before the response
+starts, so queue-full (429 + Retry-After), unknown model (404) and bad parameters (400) are ordinary
+error responses, not broken streams. If the client goes away mid-stream the engine request is
+cancelled and its batch slot frees at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
+from litestar.response import Stream
+
+from service.auth.dependencies import Principal, provide_principal
+from service.core.errors import BadRequest, ServiceError, error_body
+from service.core.state import Resources
+from service.deployments.serving import get_serving
+from service.gateway import openai_format as fmt
+from service.gateway.errors import map_engine_error
+from service.gateway.names import ADAPTER_PREFIX, Target, can_use_base, resolve
+from service.gateway.runtime import BASE_MODEL_NAME, get_engine
+from service.gateway.schemas import ChatCompletionBody, CompletionBody, Sampling, parse_body, sampling_of
+
+logger = logging.getLogger("obliviate.gateway")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _json_body(request: Request[Any, Any, Any]) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON", code="invalid_json") from None
+
+
+def _engine_request(prompt: str | list[int], target: Target, sampling: Sampling) -> Any:
+    from gpu_runtime.engine import GenerationRequest
+
+    return GenerationRequest(
+        prompt=prompt,
+        model=target.engine_name,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+        stop=sampling.stop,
+        logprobs=sampling.logprobs,
+        top_logprobs=sampling.top_logprobs,
+    )
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["OpenAI-compatible"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @post("/chat/completions", status_code=200, summary="Chat completion (OpenAI-compatible)")
+    async def chat_completions(
+        self, request: Request[Any, Any, Any], resources: Resources, principal: Principal
+    ) -> Response[Any]:
+        body = parse_body(ChatCompletionBody, await _json_body(request))
+        engine = get_engine(resources)
+        target = await resolve(resources, principal, body.model)
+        try:
+            prompt = engine.render_chat(body.chat_messages())
+        except Exception as exc:
+            raise map_engine_error(exc, model=body.model, prompt_param="messages") from None
+        return await _complete(resources, principal, engine, body, target, prompt, chat=True)
+
+    @post("/completions", status_code=200, summary="Text completion (OpenAI-compatible)")
+    async def completions(
+        self, request: Request[Any, Any, Any], resources: Resources, principal: Principal
+    ) -> Response[Any]:
+        body = parse_body(CompletionBody, await _json_body(request))
+        engine = get_engine(resources)
+        target = await resolve(resources, principal, body.model)
+        return await _complete(resources, principal, engine, body, target, body.single_prompt(), chat=False)
+
+    @get("/models", summary="Models this key may use, with lineage")
+    async def list_models(self, resources: Resources, principal: Principal) -> dict[str, Any]:
+        return {"object": "list", "data": await _models(resources, principal)}
+
+    @get("/models/{model_id:path}", summary="One model")
+    async def get_model(self, model_id: str, resources: Resources, principal: Principal) -> dict[str, Any]:
+        model_id = model_id.lstrip("/")
+        for item in await _models(resources, principal):
+            if item["id"] == model_id:
+                return item
+        from service.gateway.errors import ModelNotFound
+
+        raise ModelNotFound(model_id)
+
+
+async def _submit(
+    resources: Resources,
+    principal: Principal,
+    engine: Any,
+    body: Any,
+    target: Target,
+    prompt: Any,
+    stream: bool,
+) -> tuple[Any, Target]:
+    prompt_param = "messages" if isinstance(body, ChatCompletionBody) else "prompt"
+    sampling = sampling_of(body)
+    for attempt in range(2):
+        try:
+            request = _engine_request(prompt, target, sampling)
+            if stream:
+                return await engine.stream(request), target
+            return await engine.generate(request), target
+        except ServiceError:
+            raise
+        except Exception as exc:
+            from gpu_runtime.engine import UnknownModel
+
+            # A request adapter can be evicted (LRU) between loading and queueing: load it again once.
+            if isinstance(exc, UnknownModel) and target.public.startswith(ADAPTER_PREFIX) and attempt == 0:
+                get_serving(resources).fingerprints.pop(target.engine_name, None)
+                target = await resolve(resources, principal, target.public)
+                continue
+            raise map_engine_error(exc, model=target.public, prompt_param=prompt_param) from None
+    raise AssertionError("unreachable")
+
+
+async def _complete(
+    resources: Resources,
+    principal: Principal,
+    engine: Any,
+    body: ChatCompletionBody | CompletionBody,
+    target: Target,
+    prompt: Any,
+    *,
+    chat: bool,
+) -> Response[Any]:
+    serving = get_serving(resources)
+    want_logprobs = sampling_of(body).logprobs
+    if not body.stream:
+        result, target = await _submit(resources, principal, engine, body, target, prompt, stream=False)
+        build = fmt.chat_completion if chat else fmt.text_completion
+        return Response(
+            build(
+                completion_id=fmt.new_id("chatcmpl" if chat else "cmpl"),
+                model=target.public,
+                fingerprint=serving.fingerprint_of(result.adapter_id),
+                result=result,
+                want_logprobs=want_logprobs,
+            )
+        )
+    tokens, target = await _submit(resources, principal, engine, body, target, prompt, stream=True)
+    writer = fmt.ChunkWriter(
+        chat=chat,
+        model=target.public,
+        fingerprint=serving.fingerprint_of(tokens.adapter_id),
+        include_usage=body.include_usage,
+        want_logprobs=want_logprobs,
+    )
+    return Stream(_events(tokens, writer), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _events(tokens: Any, writer: fmt.ChunkWriter) -> AsyncIterator[bytes]:
+    try:
+        first = writer.first()
+        if first is not None:
+            yield first
+        finish, usage = "stop", None
+        async for event in tokens:
+            chunk = writer.token(event.text, event.logprob)
+            if chunk is not None:
+                yield chunk
+            if event.finish_reason is not None:
+                finish, usage = event.finish_reason, event.usage
+        if usage is None and tokens.result is not None:
+            finish, usage = tokens.result.finish_reason, tokens.result.usage
+        for chunk in writer.finish(finish, usage):
+            yield chunk
+    except Exception as exc:
+        # Headers are gone; the error travels as an SSE event, which the openai client raises.
+        logger.warning("stream failed: %s", type(exc).__name__)
+        yield fmt.sse(
+            error_body("The model failed while streaming this response", "server_error", "engine_error")
+        )
+    finally:
+        await tokens.aclose()
+
+
+async def _models(resources: Resources, principal: Principal) -> list[dict[str, Any]]:
+    """The names this key may use: aliases (with their version), base (privileged keys), own adapters."""
+    from sqlalchemy import select
+
+    from service.deployments.models import AdapterVersion
+    from service.forget.models import ForgetRequest
+    from service.gateway.names import _SERVABLE
+
+    serving = get_serving(resources)
+    created = int(resources.extras.get("started_at", 0)) or fmt.now()
+    out: list[dict[str, Any]] = []
+    base_visible = can_use_base(principal)
+    if base_visible:
+        out.append(
+            fmt.model_object(
+                BASE_MODEL_NAME,
+                created=created,
+                owned_by="obliviate",
+                root=BASE_MODEL_NAME,
+                parent=None,
+                version=0,
+            )
+        )
+    own_versions: dict[str, AdapterVersion] = {}
+    async with resources.sessionmaker() as session:
+        own_rows = (
+            await session.execute(
+                select(
+                    ForgetRequest.id,
+                    ForgetRequest.status,
+                    ForgetRequest.created_at,
+                    ForgetRequest.deployed_version,
+                )
+                .where(
+                    ForgetRequest.tenant == principal.tenant,
+                    ForgetRequest.status.in_(_SERVABLE),
+                    ForgetRequest.adapter_path.is_not(None),
+                )
+                .order_by(ForgetRequest.id)
+            )
+        ).all()
+        for version in (
+            await session.scalars(select(AdapterVersion).where(AdapterVersion.tenant == principal.tenant))
+        ).all():
+            if version.request_id:
+                own_versions[version.request_id] = version
+    for alias in serving.aliases():
+        view = serving.view(alias)
+        assert view is not None
+        out.append(
+            fmt.model_object(
+                alias,
+                created=int(view.updated_at.timestamp()) if view.updated_at else created,
+                owned_by="obliviate",
+                root=BASE_MODEL_NAME,
+                # Lineage: which version the alias serves and what it was composed on. Version ids are
+                # opaque; whose request a version came from is not shown to other tenants.
+                version=view.version,
+                version_id=view.version_id,
+                parent=view.parent_id,
+                fingerprint=serving.fingerprint_of(view.engine_id)
+                if view.sha256 is None
+                else f"fp_{view.sha256[:16]}",
+            )
+        )
+    for row in own_rows:
+        version = own_versions.get(row.id)
+        out.append(
+            fmt.model_object(
+                ADAPTER_PREFIX + row.id,
+                created=int(row.created_at.timestamp()),
+                owned_by=principal.tenant,
+                root=BASE_MODEL_NAME,
+                request_id=row.id,
+                status=row.status,
+                alias=version.alias if version else None,
+                version=version.version if version else None,
+                version_id=version.id if version else None,
+                parent=version.parent_id if version else None,
+            )
+        )
+    return out

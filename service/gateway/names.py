@@ -1,0 +1,99 @@
+"""Public model names → engine model names, with tenant and role checks.
+
+chat (settings.served_alias) and other aliases   the deployed version, for every tenant
+base                                              the unmodified model: admin and reviewer keys only,
+                                                  since it still knows everything that was forgotten
+adapter:<request id>                              one request's adapter, for its own tenant only
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.auth.keys import Principal, Role
+from service.core.errors import Forbidden
+from service.core.state import Resources
+from service.deployments import storage
+from service.deployments.serving import Serving, engine_adapter_id, get_serving
+from service.forget.models import ForgetRequest
+from service.gateway.errors import ModelNotFound
+from service.gateway.runtime import BASE_MODEL_NAME
+
+ADAPTER_PREFIX = "adapter:"
+# Statuses whose adapter exists and has been evaluated (earlier ones have no final adapter yet).
+_SERVABLE = {"ready", "deployed", "superseded", "rolled_back"}
+BASE_ROLES = {Role.ADMIN, Role.REVIEWER}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved model: the name the client used and the name the engine resolves."""
+
+    public: str
+    engine_name: str
+
+
+def can_use_base(principal: Principal) -> bool:
+    return principal.role in BASE_ROLES
+
+
+async def resolve(resources: Resources, principal: Principal, name: str) -> Target:
+    serving = get_serving(resources)
+    if name == BASE_MODEL_NAME:
+        if not can_use_base(principal):
+            raise Forbidden(
+                "The base model still knows what forget requests removed; only admin and reviewer keys may use it",
+                param="model",
+                code="model_forbidden",
+            )
+        return Target(name, BASE_MODEL_NAME)
+    if serving.view(name) is not None:
+        return Target(name, name)
+    if name.startswith(ADAPTER_PREFIX):
+        return Target(
+            name, await ensure_request_adapter(resources, serving, principal, name[len(ADAPTER_PREFIX) :])
+        )
+    raise ModelNotFound(name)
+
+
+async def ensure_request_adapter(
+    resources: Resources, serving: Serving, principal: Principal, request_id: str
+) -> str:
+    """Load a request's own adapter into the engine on first use (immutable store copy, hash checked)."""
+    public = ADAPTER_PREFIX + request_id
+    async with resources.sessionmaker() as session:
+        row = await session.get(ForgetRequest, request_id)
+    # Another tenant's request is indistinguishable from a missing one.
+    if row is None or row.tenant != principal.tenant:
+        raise ModelNotFound(public)
+    if row.status not in _SERVABLE or not row.adapter_path or not row.adapter_hash:
+        raise ModelNotFound(
+            public, f"Request {request_id} has no evaluated adapter yet (status {row.status})."
+        )
+    engine_id = engine_adapter_id(request_id, "")
+    if engine_id in serving.fingerprints and _loaded(serving, engine_id):
+        return engine_id
+    try:
+        path, sha = await asyncio.to_thread(
+            storage.store_adapter, Path(row.adapter_path), resources.settings.data_dir / "adapters"
+        )
+    except (storage.AdapterFilesError, OSError):
+        raise ModelNotFound(public, "Its adapter files are no longer available.") from None
+    if not await asyncio.to_thread(storage.matches_recorded_hash, path, row.adapter_hash):
+        raise ModelNotFound(public, "Its adapter files do not match the recorded hash.")
+    from service.deployments.services import load_or_raise
+
+    await load_or_raise(serving, engine_id, path, sha, model=public)
+    return engine_id
+
+
+def _loaded(serving: Serving, engine_id: str) -> bool:
+    if serving.engine is None:
+        return True
+    try:
+        serving.engine.resolve(engine_id)
+    except Exception:  # evicted (LRU) since we last loaded it
+        return False
+    return True

@@ -1,0 +1,229 @@
+"""Request bodies of the OpenAI-compatible routes, validated into one engine-neutral form.
+
+Bodies are parsed here rather than by Litestar so a bad field answers 400 with ``param`` naming it,
+as the OpenAI API does (the official client surfaces ``param`` to the caller).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.core.errors import BadRequest
+
+MAX_STOP = 4  # the OpenAI API's limit on stop sequences
+MAX_TOP_LOGPROBS = 20
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored as the OpenAI API does (clients send vendor extras); fields we know
+    # but cannot honour are rejected below with a message that names them.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(items)}")
+        if any(not s for s in items):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> _Body:
+        if self.n not in (None, 1):
+            raise _ParamError("n", "only n=1 is supported; send several requests for several choices")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                raise _ParamError(name, f"{name} is not supported by this server; omit it or send 0")
+        if self.logit_bias:
+            raise _ParamError("logit_bias", "logit_bias is not supported by this server; omit it")
+        if self.stream_options is not None and not self.stream:
+            raise _ParamError("stream_options", "stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
+
+
+class _ParamError(ValueError):
+    """A validator's error that names the parameter explicitly (pydantic's loc is empty in model validators)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionBody(_Body):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_rules(self) -> ChatCompletionBody:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _ParamError("top_logprobs", "top_logprobs requires logprobs to be true")
+        if self.tools:
+            raise _ParamError("tools", "tool calling is not supported by this server")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise _ParamError("response_format", "only response_format type 'text' is supported")
+        return self
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        # "developer" is the newer name of "system"; chat templates only know the older one.
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's legacy default is 16 tokens; keep it so clients get what they expect.
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _completion_rules(self) -> CompletionBody:
+        if self.echo:
+            raise _ParamError("echo", "echo is not supported by this server")
+        if self.suffix:
+            raise _ParamError("suffix", "suffix (insertion) is not supported by this server")
+        if self.best_of not in (None, 1):
+            raise _ParamError("best_of", "only best_of=1 is supported")
+        return self
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt of this request (batches of prompts are not supported: send several requests)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return p
+        if not p:
+            raise BadRequest("prompt must not be empty", param="prompt", code="invalid_value")
+        if all(isinstance(x, int) for x in p):
+            return [int(x) for x in p]  # type: ignore[arg-type]
+        if len(p) != 1:
+            raise BadRequest(
+                "only one prompt per request is supported; send one request per prompt",
+                param="prompt",
+                code="invalid_value",
+            )
+        first = p[0]
+        return first if isinstance(first, str) else [int(x) for x in first]
+
+
+_B = TypeVar("_B", bound="_Body")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling knobs shared by both routes, in engine terms."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+def sampling_of(body: ChatCompletionBody | CompletionBody) -> Sampling:
+    if isinstance(body, ChatCompletionBody):
+        want, top, limit = bool(body.logprobs), body.top_logprobs or 0, body.token_limit
+    else:
+        want, top, limit = body.logprobs is not None, body.logprobs or 0, body.max_tokens
+    return Sampling(
+        max_tokens=limit,
+        # OpenAI's default temperature is 1.0 (sampling); keep the API's semantics.
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stops,
+        logprobs=want,
+        top_logprobs=top,
+    )
+
+
+def parse_body(model: type[_B], data: Any) -> _B:
+    """Validate a JSON body; the first problem becomes a 400 naming its parameter."""
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        ctx_error = (error.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _ParamError):
+            raise BadRequest(str(ctx_error), param=ctx_error.param, code="invalid_value") from None
+        loc = [str(part) for part in error.get("loc", ())]
+        param = _param_name(loc)
+        message = error.get("msg", "invalid value").removeprefix("Value error, ")
+        kind = error.get("type", "")
+        code = "missing_required_parameter" if kind == "missing" else "invalid_value"
+        where = f"'{param}'" if param else "body"
+        raise BadRequest(f"Invalid value for {where}: {message}", param=param, code=code) from None
+
+
+def _param_name(loc: list[str]) -> str | None:
+    # pydantic locs for unions carry type tags ("str", "list[...]"); keep field names and indices only.
+    parts: list[str] = []
+    for part in loc:
+        if part.isdigit():
+            parts.append(f"[{part}]")
+        elif part.isidentifier():
+            parts.append(("." if parts else "") + part)
+    return "".join(parts) or None
