@@ -1,5 +1,76 @@
-"""Python SDK for the Obliviate unlearning service (httpx + pydantic only)."""
+"""Python SDK for the Obliviate unlearning service (httpx + pydantic only).
+
+    from obliviate_client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="obl_...") as client:
+        request = client.forget_requests.create("Jane Roe", corpus=["..."], hints=["Jane Roe"])
+        done = client.forget_requests.wait(request.id, progress=True)
+        certificate = client.forget_requests.certificate(done.id)  # signature checked locally
+
+For chat, point the official ``openai`` client at the gateway (``base_url=.../v1``); this SDK does
+not wrap it.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from obliviate_client._client import AsyncClient, Client
+from obliviate_client._exceptions import (
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    ObliviateError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    ServerError,
+    SignatureError,
+    TransportError,
+    UnprocessableEntityError,
+)
+from obliviate_client._models import (
+    AuditEvent,
+    AuditTrail,
+    Certificate,
+    Document,
+    ForgetRequest,
+    ForgetRequestPage,
+    Hint,
+    Options,
+    Probe,
+    QAPair,
+    RequestEvent,
+)
+
+__all__ = [
+    "APIError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuditEvent",
+    "AuditTrail",
+    "AuthenticationError",
+    "BadRequestError",
+    "Certificate",
+    "Client",
+    "ConflictError",
+    "Document",
+    "ForgetRequest",
+    "ForgetRequestPage",
+    "Hint",
+    "NotFoundError",
+    "ObliviateError",
+    "Options",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Probe",
+    "QAPair",
+    "RateLimitedError",
+    "RequestEvent",
+    "ServerError",
+    "SignatureError",
+    "TransportError",
+    "UnprocessableEntityError",
+    "__version__",
+]

@@ -1,0 +1,619 @@
+"""``Client`` and ``AsyncClient``: httpx-style twins with the same resources and behaviour.
+
+Both accept an injected ``httpx.Client`` / ``httpx.AsyncClient`` (a Litestar test client works),
+retry transient faults with backoff (see ``_transport.should_retry``) and raise the errors of
+``_exceptions``. Endpoint knowledge lives in ``_resources``; this module only sends and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+import httpx
+
+from obliviate_client import _resources as r
+from obliviate_client._exceptions import APITimeoutError, ObliviateError, TransportError
+from obliviate_client._models import (
+    AuditTrail,
+    Certificate,
+    Document,
+    ForgetRequest,
+    ForgetRequestPage,
+    Hint,
+    Options,
+    Probe,
+    PublicKey,
+    QAPair,
+    RequestEvent,
+)
+from obliviate_client._sse import aiter_events, iter_events
+from obliviate_client._transport import (
+    DEFAULT_BASE_URL,
+    DEFAULT_TIMEOUT,
+    RetryPolicy,
+    default_headers,
+    raise_for_status,
+    retry_after_seconds,
+    should_retry,
+)
+
+CorpusItems = Sequence[str | Document | Mapping[str, Any]]
+
+
+class _ProgressLine:
+    """A one-line text progress bar on a terminal stream (no dependency beyond the stdlib)."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+
+    def update(self, request: ForgetRequest) -> None:
+        fraction = max(0.0, min(1.0, request.progress.overall))
+        filled = int(fraction * self.width)
+        eta = request.progress.eta_s
+        eta_text = f" ETA {eta:,.0f}s" if eta is not None else ""
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% {request.status:<28}{eta_text}   "
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class _Base:
+    def __init__(self, base_url: str | None, api_key: str | None, max_retries: int) -> None:
+        self.base_url = (base_url or os.environ.get("OBLIVIATE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("OBLIVIATE_API_KEY")
+        self.retry = RetryPolicy(max_retries=max_retries)
+
+    def _url(self, path: str, injected: bool, explicit_base: bool) -> str:
+        # An injected client without an explicit base_url keeps its own base (e.g. a test client).
+        return path if injected and not explicit_base else f"{self.base_url}{path}"
+
+
+class Client(_Base):
+    """Synchronous client. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, max_retries)
+        self._explicit_base = base_url is not None
+        self._injected = http_client is not None
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self._headers = default_headers(self.api_key)
+        self.forget_requests = ForgetRequests(self)
+        self.deployments = Deployments(self)
+        self.verifications = Verifications(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._injected:
+            self._http.close()
+
+    def send(self, call: r.Call) -> httpx.Response:
+        """Send with retries; returns a 2xx response or raises an :class:`ObliviateError`."""
+        headers = {**self._headers, **call.headers}
+        url = self._url(call.path, self._injected, self._explicit_base)
+        keyed = "Idempotency-Key" in headers
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    call.method, url, json=call.json, params=call.params, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                if attempt < self.retry.max_retries and should_retry(
+                    method=call.method,
+                    has_idempotency_key=keyed,
+                    status=None,
+                    connect_error=isinstance(exc, httpx.ConnectTimeout),
+                ):
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise APITimeoutError(f"request timed out: {exc}", request=exc.request) from exc
+            except httpx.TransportError as exc:
+                if attempt < self.retry.max_retries and should_retry(
+                    method=call.method,
+                    has_idempotency_key=keyed,
+                    status=None,
+                    connect_error=isinstance(exc, httpx.ConnectError),
+                ):
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise TransportError(f"{type(exc).__name__}: {exc}", request=exc.request) from exc
+            if (
+                response.status_code >= 400
+                and attempt < self.retry.max_retries
+                and should_retry(
+                    method=call.method,
+                    has_idempotency_key=keyed,
+                    status=response.status_code,
+                    connect_error=False,
+                )
+            ):
+                time.sleep(self.retry.delay(attempt, retry_after_seconds(response)))
+                attempt += 1
+                continue
+            raise_for_status(response)
+            return response
+
+    def json(self, call: r.Call) -> Any:
+        return self.send(call).json()
+
+
+class AsyncClient(_Base):
+    """Asynchronous client. Use as an async context manager, or await :meth:`aclose`."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, max_retries)
+        self._explicit_base = base_url is not None
+        self._injected = http_client is not None
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._headers = default_headers(self.api_key)
+        self.forget_requests = AsyncForgetRequests(self)
+        self.deployments = AsyncDeployments(self)
+        self.verifications = AsyncVerifications(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._injected:
+            await self._http.aclose()
+
+    async def send(self, call: r.Call) -> httpx.Response:
+        """Send with retries; returns a 2xx response or raises an :class:`ObliviateError`."""
+        headers = {**self._headers, **call.headers}
+        url = self._url(call.path, self._injected, self._explicit_base)
+        keyed = "Idempotency-Key" in headers
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method, url, json=call.json, params=call.params, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                if attempt < self.retry.max_retries and should_retry(
+                    method=call.method,
+                    has_idempotency_key=keyed,
+                    status=None,
+                    connect_error=isinstance(exc, httpx.ConnectTimeout),
+                ):
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise APITimeoutError(f"request timed out: {exc}", request=exc.request) from exc
+            except httpx.TransportError as exc:
+                if attempt < self.retry.max_retries and should_retry(
+                    method=call.method,
+                    has_idempotency_key=keyed,
+                    status=None,
+                    connect_error=isinstance(exc, httpx.ConnectError),
+                ):
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise TransportError(f"{type(exc).__name__}: {exc}", request=exc.request) from exc
+            if (
+                response.status_code >= 400
+                and attempt < self.retry.max_retries
+                and should_retry(
+                    method=call.method,
+                    has_idempotency_key=keyed,
+                    status=response.status_code,
+                    connect_error=False,
+                )
+            ):
+                await asyncio.sleep(self.retry.delay(attempt, retry_after_seconds(response)))
+                attempt += 1
+                continue
+            raise_for_status(response)
+            return response
+
+    async def json(self, call: r.Call) -> Any:
+        return (await self.send(call)).json()
+
+
+# ---- forget requests ----------------------------------------------------------------------------
+
+
+class ForgetRequests:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        subject: str,
+        *,
+        corpus: CorpusItems | None = None,
+        qa_pairs: Sequence[QAPair | Mapping[str, Any]] | None = None,
+        hints: Sequence[str | Hint | Mapping[str, Any]] | None = None,
+        probes: Sequence[str | Probe | Mapping[str, Any]] | None = None,
+        retain_examples: Sequence[str] | None = None,
+        options: Options | Mapping[str, Any] | None = None,
+        data_subject_ref: str | None = None,
+        legal_basis: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ForgetRequest:
+        """File a forget request. Retries reuse one Idempotency-Key, so they never duplicate it."""
+        call = r.create_call(
+            subject=subject, corpus=corpus, qa_pairs=qa_pairs, hints=hints, probes=probes,
+            retain_examples=retain_examples, options=options, data_subject_ref=data_subject_ref,
+            legal_basis=legal_basis, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return ForgetRequest.model_validate(self._client.json(call))
+
+    def get(self, request_id: str) -> ForgetRequest:
+        return ForgetRequest.model_validate(self._client.json(r.Call("GET", r.request_path(request_id))))
+
+    def list_page(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        subject: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        due: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> ForgetRequestPage:
+        params = r.list_params(
+            status=status, subject=subject, created_after=created_after,
+            created_before=created_before, due=due, limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return ForgetRequestPage.model_validate(
+            self._client.json(r.Call("GET", f"{r.FORGET}/", params=params))
+        )
+
+    def list(self, **filters: Any) -> Iterator[ForgetRequest]:
+        """Every matching request, newest first, fetching pages as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = self.list_page(**filters, cursor=cursor)
+            yield from page.data
+            if not page.has_more or not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, request_id: str, reason: str = "") -> ForgetRequest:
+        call = r.Call("POST", r.request_path(request_id, "/cancel"), json={"reason": reason})
+        return ForgetRequest.model_validate(self._client.json(call))
+
+    def approve(self, request_id: str, reason: str = "", *, gate: str | None = None) -> ForgetRequest:
+        call = r.Call(
+            "POST", r.request_path(request_id, "/approve"), json=r.decision_body("approve", reason, gate)
+        )
+        return ForgetRequest.model_validate(self._client.json(call))
+
+    def reject(self, request_id: str, reason: str, *, gate: str | None = None) -> ForgetRequest:
+        call = r.Call(
+            "POST", r.request_path(request_id, "/approve"), json=r.decision_body("reject", reason, gate)
+        )
+        return ForgetRequest.model_validate(self._client.json(call))
+
+    def audit(self, request_id: str) -> AuditTrail:
+        return AuditTrail.model_validate(
+            self._client.json(r.Call("GET", r.request_path(request_id, "/audit")))
+        )
+
+    def certificate(self, request_id: str, *, verify: bool = True) -> Certificate:
+        """The signed certificate; with ``verify`` (default) its Ed25519 signature is checked locally."""
+        cert = Certificate.model_validate(
+            self._client.json(r.Call("GET", r.request_path(request_id, "/certificate")))
+        )
+        if verify:
+            key = PublicKey.model_validate(self._client.json(r.Call("GET", r.PUBLIC_KEY)))
+            r.verify_certificate(cert, key)
+        return cert
+
+    def events(
+        self,
+        request_id: str,
+        *,
+        last_event_id: str | None = None,
+        follow: bool = True,
+        max_reconnects: int = 20,
+    ) -> Iterator[RequestEvent]:
+        """Stage changes and progress as they happen; a dropped connection resumes after the last event."""
+        reconnects = 0
+        while True:
+            headers = {**self._client._headers, "Accept": "text/event-stream"}
+            if last_event_id:
+                headers["Last-Event-ID"] = last_event_id
+            url = self._client._url(
+                r.request_path(request_id, "/events"), self._client._injected, self._client._explicit_base
+            )
+            try:
+                with self._client._http.stream(
+                    "GET", url, headers=headers, params={"follow": str(follow).lower()}
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise_for_status(response)
+                    for sse in iter_events(response.iter_lines()):
+                        event = r.parse_event(sse)
+                        if sse.id:
+                            last_event_id = sse.id
+                        yield event
+                return  # the server closed the stream: the request settled (or follow=False)
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                reconnects += 1
+                if reconnects > max_reconnects:
+                    raise TransportError(f"event stream kept dropping: {exc}") from exc
+                time.sleep(self._client.retry.delay(min(reconnects, 5)))
+
+    def wait(
+        self,
+        request_id: str,
+        *,
+        until: str = "settled",
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        progress: bool | TextIO = False,
+    ) -> ForgetRequest:
+        """Block until the request settles (``until="settled"``), reaches a review gate (``"gate"``)
+        or is deployed (``"deployed"``); ``progress=True`` draws a progress bar on stderr."""
+        r.check_wait_until(until)
+        bar = _ProgressLine(None if progress is True else progress) if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                request = self.get(request_id)
+                if bar:
+                    bar.update(request)
+                if r.wait_is_over(request, until):
+                    return request
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ObliviateError(f"request {request_id} still {request.status} after {timeout} s")
+                time.sleep(poll_interval)
+        finally:
+            if bar:
+                bar.close()
+
+
+class AsyncForgetRequests:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        subject: str,
+        *,
+        corpus: CorpusItems | None = None,
+        qa_pairs: Sequence[QAPair | Mapping[str, Any]] | None = None,
+        hints: Sequence[str | Hint | Mapping[str, Any]] | None = None,
+        probes: Sequence[str | Probe | Mapping[str, Any]] | None = None,
+        retain_examples: Sequence[str] | None = None,
+        options: Options | Mapping[str, Any] | None = None,
+        data_subject_ref: str | None = None,
+        legal_basis: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ForgetRequest:
+        """File a forget request. Retries reuse one Idempotency-Key, so they never duplicate it."""
+        call = r.create_call(
+            subject=subject, corpus=corpus, qa_pairs=qa_pairs, hints=hints, probes=probes,
+            retain_examples=retain_examples, options=options, data_subject_ref=data_subject_ref,
+            legal_basis=legal_basis, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return ForgetRequest.model_validate(await self._client.json(call))
+
+    async def get(self, request_id: str) -> ForgetRequest:
+        return ForgetRequest.model_validate(
+            await self._client.json(r.Call("GET", r.request_path(request_id)))
+        )
+
+    async def list_page(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        subject: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        due: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> ForgetRequestPage:
+        params = r.list_params(
+            status=status, subject=subject, created_after=created_after,
+            created_before=created_before, due=due, limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return ForgetRequestPage.model_validate(
+            await self._client.json(r.Call("GET", f"{r.FORGET}/", params=params))
+        )
+
+    async def list(self, **filters: Any) -> AsyncIterator[ForgetRequest]:
+        """Every matching request, newest first, fetching pages as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_page(**filters, cursor=cursor)
+            for item in page.data:
+                yield item
+            if not page.has_more or not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def cancel(self, request_id: str, reason: str = "") -> ForgetRequest:
+        call = r.Call("POST", r.request_path(request_id, "/cancel"), json={"reason": reason})
+        return ForgetRequest.model_validate(await self._client.json(call))
+
+    async def approve(self, request_id: str, reason: str = "", *, gate: str | None = None) -> ForgetRequest:
+        call = r.Call(
+            "POST", r.request_path(request_id, "/approve"), json=r.decision_body("approve", reason, gate)
+        )
+        return ForgetRequest.model_validate(await self._client.json(call))
+
+    async def reject(self, request_id: str, reason: str, *, gate: str | None = None) -> ForgetRequest:
+        call = r.Call(
+            "POST", r.request_path(request_id, "/approve"), json=r.decision_body("reject", reason, gate)
+        )
+        return ForgetRequest.model_validate(await self._client.json(call))
+
+    async def audit(self, request_id: str) -> AuditTrail:
+        return AuditTrail.model_validate(
+            await self._client.json(r.Call("GET", r.request_path(request_id, "/audit")))
+        )
+
+    async def certificate(self, request_id: str, *, verify: bool = True) -> Certificate:
+        """The signed certificate; with ``verify`` (default) its Ed25519 signature is checked locally."""
+        cert = Certificate.model_validate(
+            await self._client.json(r.Call("GET", r.request_path(request_id, "/certificate")))
+        )
+        if verify:
+            key = PublicKey.model_validate(await self._client.json(r.Call("GET", r.PUBLIC_KEY)))
+            r.verify_certificate(cert, key)
+        return cert
+
+    async def events(
+        self,
+        request_id: str,
+        *,
+        last_event_id: str | None = None,
+        follow: bool = True,
+        max_reconnects: int = 20,
+    ) -> AsyncIterator[RequestEvent]:
+        """Stage changes and progress as they happen; a dropped connection resumes after the last event."""
+        reconnects = 0
+        while True:
+            headers = {**self._client._headers, "Accept": "text/event-stream"}
+            if last_event_id:
+                headers["Last-Event-ID"] = last_event_id
+            url = self._client._url(
+                r.request_path(request_id, "/events"), self._client._injected, self._client._explicit_base
+            )
+            try:
+                async with self._client._http.stream(
+                    "GET", url, headers=headers, params={"follow": str(follow).lower()}
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise_for_status(response)
+                    async for sse in aiter_events(response.aiter_lines()):
+                        event = r.parse_event(sse)
+                        if sse.id:
+                            last_event_id = sse.id
+                        yield event
+                return
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                reconnects += 1
+                if reconnects > max_reconnects:
+                    raise TransportError(f"event stream kept dropping: {exc}") from exc
+                await asyncio.sleep(self._client.retry.delay(min(reconnects, 5)))
+
+    async def wait(
+        self,
+        request_id: str,
+        *,
+        until: str = "settled",
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors the sync twin's signature
+        poll_interval: float = 1.0,
+        progress: bool | TextIO = False,
+    ) -> ForgetRequest:
+        """Like :meth:`ForgetRequests.wait`, without blocking the event loop."""
+        r.check_wait_until(until)
+        bar = _ProgressLine(None if progress is True else progress) if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                request = await self.get(request_id)
+                if bar:
+                    bar.update(request)
+                if r.wait_is_over(request, until):
+                    return request
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ObliviateError(f"request {request_id} still {request.status} after {timeout} s")
+                await asyncio.sleep(poll_interval)
+        finally:
+            if bar:
+                bar.close()
+
+
+# ---- deployments and verifications --------------------------------------------------------------
+
+
+class Deployments:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> Any:
+        return self._client.json(r.Call("GET", "/v1/deployments"))
+
+    def deploy(self, request_id: str, **options: Any) -> Any:
+        return self._client.json(
+            r.Call("POST", "/v1/deployments", json={"request_id": request_id, **options})
+        )
+
+    def rollback(self, alias: str = "chat") -> Any:
+        return self._client.json(r.Call("POST", f"/v1/deployments/{r._segment(alias)}/rollback"))
+
+
+class AsyncDeployments:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> Any:
+        return await self._client.json(r.Call("GET", "/v1/deployments"))
+
+    async def deploy(self, request_id: str, **options: Any) -> Any:
+        return await self._client.json(
+            r.Call("POST", "/v1/deployments", json={"request_id": request_id, **options})
+        )
+
+    async def rollback(self, alias: str = "chat") -> Any:
+        return await self._client.json(r.Call("POST", f"/v1/deployments/{r._segment(alias)}/rollback"))
+
+
+class Verifications:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, *, request_id: str | None = None, prompts: Sequence[str] = (), **options: Any) -> Any:
+        body: dict[str, Any] = {"prompts": list(prompts), **options}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return self._client.json(r.Call("POST", "/v1/verifications", json=body))
+
+
+class AsyncVerifications:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self, *, request_id: str | None = None, prompts: Sequence[str] = (), **options: Any
+    ) -> Any:
+        body: dict[str, Any] = {"prompts": list(prompts), **options}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return await self._client.json(r.Call("POST", "/v1/verifications", json=body))

@@ -1,0 +1,177 @@
+"""What each endpoint needs, independent of sync or async: paths, bodies, parsing.
+
+The sync and async resources in ``_client.py`` only send what these functions build, so the two
+twins cannot drift apart in what they ask of the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from obliviate_client import _ed25519
+from obliviate_client._exceptions import SignatureError
+from obliviate_client._models import (
+    GATE_STATUSES,
+    SETTLED_STATUSES,
+    Certificate,
+    Document,
+    ForgetRequest,
+    Hint,
+    Options,
+    Probe,
+    PublicKey,
+    QAPair,
+    RequestEvent,
+)
+from obliviate_client._sse import ServerSentEvent
+
+FORGET = "/v1/forget-requests"
+PUBLIC_KEY = "/v1/certificates/public-key"
+
+
+@dataclass
+class Call:
+    """One HTTP call to make."""
+
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _as_dicts(
+    items: Sequence[Any] | None, model: type[Any], text_field: str | None = None
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for item in items or ():
+        if isinstance(item, str) and text_field:
+            item = {text_field: item}
+        parsed = item if isinstance(item, model) else model.model_validate(item)
+        out.append(parsed.model_dump(exclude_none=True))
+    return out
+
+
+def create_call(
+    *,
+    subject: str,
+    corpus: Sequence[str | Document | Mapping[str, Any]] | None,
+    qa_pairs: Sequence[QAPair | Mapping[str, Any]] | None,
+    hints: Sequence[str | Hint | Mapping[str, Any]] | None,
+    probes: Sequence[str | Probe | Mapping[str, Any]] | None,
+    retain_examples: Sequence[str] | None,
+    options: Options | Mapping[str, Any] | None,
+    data_subject_ref: str | None,
+    legal_basis: str | None,
+    idempotency_key: str | None,
+) -> Call:
+    body: dict[str, Any] = {
+        "subject": subject,
+        "corpus": _as_dicts(corpus, Document, "text"),
+        "qa_pairs": _as_dicts(qa_pairs, QAPair),
+        "hints": _as_dicts(hints, Hint, "term"),
+        "probes": _as_dicts(probes, Probe, "prompt"),
+        "retain_examples": list(retain_examples or ()),
+    }
+    if options is not None:
+        parsed = options if isinstance(options, Options) else Options.model_validate(options)
+        body["options"] = parsed.model_dump(exclude_none=True)
+    if data_subject_ref is not None:
+        body["data_subject_ref"] = data_subject_ref
+    if legal_basis is not None:
+        body["legal_basis"] = legal_basis
+    # One key per logical create, reused by every retry of it: the server replays, never duplicates.
+    key = idempotency_key or f"sdk-{uuid.uuid4()}"
+    return Call("POST", f"{FORGET}/", json=body, headers={"Idempotency-Key": key})
+
+
+def list_params(
+    *,
+    status: str | Sequence[str] | None,
+    subject: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    due: str | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status if isinstance(status, str) else ",".join(status)
+    if subject is not None:
+        params["subject"] = subject
+    if created_after is not None:
+        params["created_after"] = created_after.isoformat()
+    if created_before is not None:
+        params["created_before"] = created_before.isoformat()
+    if due is not None:
+        params["due"] = due
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def request_path(request_id: str, suffix: str = "") -> str:
+    return f"{FORGET}/{_segment(request_id)}{suffix}"
+
+
+def decision_body(decision: str, reason: str, gate: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"decision": decision, "reason": reason}
+    if gate is not None:
+        body["gate"] = gate
+    return body
+
+
+def parse_event(sse: ServerSentEvent) -> RequestEvent:
+    try:
+        payload = json.loads(sse.data) if sse.data else {}
+    except ValueError:
+        payload = {"raw": sse.data}
+    if not isinstance(payload, dict):
+        payload = {"value": payload}
+    return RequestEvent(id=sse.id, type=str(payload.get("type") or sse.event), data=payload)
+
+
+def wait_is_over(request: ForgetRequest, until: str) -> bool:
+    """``until="settled"``: ready/deployed/terminal; ``"gate"``: also stop at a review gate;
+    ``"deployed"``: deployed or terminal."""
+    if until == "deployed":
+        return request.status == "deployed" or request.status in SETTLED_STATUSES - {"ready"}
+    if until == "gate" and request.status in GATE_STATUSES:
+        return True
+    return request.status in SETTLED_STATUSES
+
+
+def check_wait_until(until: str) -> None:
+    if until not in {"settled", "gate", "deployed"}:
+        raise ValueError("until must be 'settled', 'gate' or 'deployed'")
+
+
+def verify_certificate(certificate: Certificate, public_key: PublicKey) -> Certificate:
+    """Check the Ed25519 signature over the canonical JSON of ``certificate.certificate``."""
+    if public_key.algorithm != "Ed25519" or certificate.algorithm != "Ed25519":
+        raise SignatureError(f"unsupported signature algorithm {certificate.algorithm!r}")
+    if certificate.key_id != public_key.key_id:
+        raise SignatureError(
+            f"certificate signed by key {certificate.key_id!r}, server key is {public_key.key_id!r}"
+        )
+    message = json.dumps(certificate.certificate, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        signature = base64.b64decode(certificate.signature, validate=True)
+        key = base64.b64decode(public_key.public_key, validate=True)
+    except ValueError as exc:
+        raise SignatureError("signature or public key is not valid base64") from exc
+    if not _ed25519.verify(key, message.encode("utf-8"), signature):
+        raise SignatureError("certificate signature does not verify: the certificate was altered or forged")
+    return certificate
