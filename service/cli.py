@@ -273,21 +273,65 @@ def build_demo_model_command(out: Path | None, corpus: Path | None, cache_dir: P
 
 @main.command()
 @data_dir_option
-@click.option("--port", type=int, default=None, help="Port for the demo server (default 8000).")
-def demo(data_dir: Path | None, port: int | None) -> None:
-    """Build the demo model if needed and start Obliviate on its embedded defaults."""
-    import uvicorn
+@click.option(
+    "--port", type=int, default=None, help="Port for the demo server (default 8000; a free one if busy)."
+)
+@click.option("--subject", default=None, help="Which demo-world person to forget (default: the first).")
+@click.option("--review", is_flag=True, help="Switch the anchor review gate on and print the review URL.")
+@click.option("--serve", "keep_serving", is_flag=True, help="Keep serving after the demo (Ctrl-C to stop).")
+def demo(
+    data_dir: Path | None, port: int | None, subject: str | None, review: bool, keep_serving: bool
+) -> None:
+    """Run the whole product end to end on its embedded defaults.
+
+    Builds the demo model if missing, starts the API and a worker (SQLite, embedded Redis), asks the
+    model about a fictional person, files a forget request for them, follows it to deployment and
+    prints the answers before and after. Its data lives in a fresh `demo` folder of the data directory.
+    """
+    import shutil
 
     from gpu_runtime.demo.build import build_demo_model
-    from service.app import create_app
+    from service.demo import run_demo
 
-    settings = _settings_from(data_dir, port=port)
+    settings = _settings_from(None, port=port)
+    demo_dir = data_dir or settings.data_dir / "demo"
+    if demo_dir.exists() and (demo_dir / ".obliviate-demo").exists():
+        shutil.rmtree(demo_dir)  # only a folder an earlier demo made and marked
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    (demo_dir / ".obliviate-demo").write_text("made by `obliviate demo`; deleted by its next run\n")
     with _ProgressBar("demo model") as bar:
         model_dir = build_demo_model(cache_dir=settings.model_cache_dir, progress=bar)
-    settings = settings.model_copy(update={"base_model": model_dir})
-    click.echo(f"demo model: {model_dir}")
-    click.echo(f"health: curl http://{settings.host}:{settings.port}/health/ready")
-    run_server(settings, uvicorn_run=uvicorn.run, create_app=create_app)
+    chosen_port = settings.port if _port_is_free(settings.host, settings.port) else _free_port(settings.host)
+    settings = settings.model_copy(
+        update={
+            "base_model": model_dir,
+            "data_dir": demo_dir,
+            "port": chosen_port,
+            "workers": max(1, settings.workers),
+        }
+    )
+    click.echo(f"demo model: {model_dir}\ndemo data:  {demo_dir}")
+    outcome = run_demo(settings, subject=subject, review=review, keep_serving=keep_serving)
+    click.echo(f"demo finished in {outcome.seconds:.0f} s")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _run_with_session(settings: Settings, work: Callable[[Any], Any]) -> Any:
