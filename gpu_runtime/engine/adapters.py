@@ -67,6 +67,11 @@ class AdapterFiles:
     config: LoraConfig
     tensors: dict[str, torch.Tensor]
 
+    def to(self, *, dtype: torch.dtype, device: torch.device) -> AdapterFiles:
+        """A copy with tensors cast and moved (done before taking the model lock, to keep the stall short)."""
+        moved = {k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()}
+        return AdapterFiles(path=self.path, sha256=self.sha256, config=self.config, tensors=moved)
+
 
 def read_adapter(path: str | Path, *, adapter_id: str, expected_hash: str | None = None) -> AdapterFiles:
     """Read and validate a PEFT LoRA adapter directory; check its hash when ``expected_hash`` is given."""
@@ -102,14 +107,12 @@ def read_adapter(path: str | Path, *, adapter_id: str, expected_hash: str | None
     return AdapterFiles(path=p, sha256=sha, config=config, tensors=tensors)
 
 
-def attach_adapter(
-    model: torch.nn.Module, name: str, files: AdapterFiles, *, dtype: torch.dtype, device: torch.device
-) -> PeftModel:
-    """Add ``files`` to ``model`` under peft adapter name ``name``; wraps a plain model on first use.
+def attach_adapter(model: torch.nn.Module, name: str, files: AdapterFiles) -> PeftModel:
+    """Add ``files`` (already cast to the model's dtype and device) to ``model`` as peft adapter ``name``.
 
-    Returns the PeftModel (the same object on later calls). The caller must hold the model lock.
+    Wraps a plain model on first use; returns the PeftModel. The caller must hold the model lock.
     """
-    tensors = {k: v.to(device=device, dtype=dtype) for k, v in files.tensors.items()}
+    tensors = files.tensors
     # Meta-device init then assign skips a pointless random initialisation of the LoRA weights.
     if isinstance(model, PeftModel):
         peft_model = model

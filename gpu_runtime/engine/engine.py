@@ -23,7 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,6 +36,7 @@ from gpu_runtime.engine.errors import (
     EngineNotRunning,
     InvalidRequest,
 )
+from gpu_runtime.engine.lora_bank import LoraBank
 from gpu_runtime.engine.registry import AdapterInfo, AdapterRegistry
 from gpu_runtime.engine.scheduler import RequestHandle, Scheduler, SchedulerStats
 from gpu_runtime.engine.types import GenerationRequest, GenerationResult, TokenEvent
@@ -128,6 +129,7 @@ class InferenceEngine:
         adapter_capacity: int = 8,
         base_model_name: str = "base",
         default_max_tokens: int = 256,
+        lora_backend: Literal["stacked", "peft"] = "stacked",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -140,6 +142,12 @@ class InferenceEngine:
         self.max_queue = max_queue
         self.base_model_name = base_model_name
         self.default_max_tokens = default_max_tokens
+        if lora_backend not in ("stacked", "peft"):
+            raise ValueError(f"lora_backend must be 'stacked' or 'peft', got {lora_backend!r}")
+        # "stacked": stacked multi-LoRA (lora_bank.py) whenever every adapter is plain LoRA on linear
+        # layers, else peft's adapter_names; "peft": always peft's adapter_names.
+        self.lora_backend = lora_backend
+        self._bank = LoraBank(adapter_capacity)
         self._registry = AdapterRegistry(adapter_capacity, base_model_name)
         # Held by the scheduler for each step and by adapter surgery, so peft's module tree never
         # changes under a running forward pass.
@@ -168,6 +176,8 @@ class InferenceEngine:
             self._scheduler = Scheduler(
                 get_model=lambda: self._require_model(),
                 model_lock=self._model_lock,
+                detach=self._detach,
+                bank=self._bank,
                 tokenizer=self._tokenizer,
                 registry=self._registry,
                 eos_ids=self._eos_ids(),
@@ -255,13 +265,12 @@ class InferenceEngine:
         with self._load_lock:
             files = read_adapter(path, adapter_id=adapter_id, expected_hash=expected_hash)
             if not self._registry.lookup(adapter_id, files.sha256):
+                files = files.to(dtype=self.dtype, device=self.device)
                 name, victims = self._registry.make_room(adapter_id)
                 with self._model_lock:
-                    for victim in victims:
-                        detach_adapter(self._model or model, victim)
-                    self._model = attach_adapter(
-                        self._model or model, name, files, dtype=self.dtype, device=self.device
-                    )
+                    self._detach(victims, rebuild=False)
+                    self._model = attach_adapter(self._model or model, name, files)
+                    self._rebuild_bank()
                 self._registry.add(adapter_id, name, files.sha256, files.path)
         return self._info(adapter_id)
 
@@ -279,7 +288,23 @@ class InferenceEngine:
         name = self._registry.retire(adapter_id)
         if name is not None:
             with self._model_lock:
-                detach_adapter(self._require_model(), name)
+                self._detach([name])
+
+    def _detach(self, names: list[str], *, rebuild: bool = True) -> None:
+        """Delete peft adapters ``names`` from the model (caller holds the model lock)."""
+        model = self._require_model()
+        for name in names:
+            detach_adapter(model, name)
+        if names and rebuild:
+            self._rebuild_bank()
+
+    def _rebuild_bank(self) -> None:
+        self._bank.sync(self._require_model(), use_bank=self.lora_backend == "stacked")
+
+    @property
+    def active_lora_backend(self) -> str:
+        """Which multi-LoRA path serves mixed batches right now: "stacked" or "peft"."""
+        return "stacked" if self._bank.enabled else "peft"
 
     def set_alias(self, alias: str, adapter_id: str | None) -> str | None:
         """Point ``alias`` at a loaded adapter (``None`` = base model) atomically; returns the previous target.

@@ -31,9 +31,9 @@ import torch
 from peft import PeftModel
 from transformers import DynamicCache
 
-from gpu_runtime.engine.adapters import detach_adapter
 from gpu_runtime.engine.batch import KVBatch
 from gpu_runtime.engine.errors import EngineError, EngineNotRunning, QueueFull
+from gpu_runtime.engine.lora_bank import LoraBank
 from gpu_runtime.engine.registry import AdapterRegistry, Lease
 from gpu_runtime.engine.sampling import RowSampling, choose_tokens
 from gpu_runtime.engine.text import TextAssembler
@@ -122,6 +122,8 @@ class Scheduler:
         *,
         get_model: Callable[[], torch.nn.Module],
         model_lock: threading.RLock,
+        detach: Callable[[list[str]], None],
+        bank: LoraBank,
         tokenizer: Any,
         registry: AdapterRegistry,
         eos_ids: set[int],
@@ -133,6 +135,8 @@ class Scheduler:
     ) -> None:
         self._get_model = get_model
         self._model_lock = model_lock
+        self._detach = detach
+        self._bank = bank
         self._tok = tokenizer
         self._registry = registry
         self._eos = eos_ids
@@ -235,9 +239,7 @@ class Scheduler:
         doomed = self._registry.take_doomed()
         if doomed:
             with self._model_lock:
-                model = self._get_model()
-                for name in doomed:
-                    detach_adapter(model, name)
+                self._detach(doomed)
 
     def _admit(self) -> list[RequestHandle]:
         """Take queued requests into free slots (caller holds the condition lock)."""
@@ -258,7 +260,12 @@ class Scheduler:
     # -- model calls -------------------------------------------------------------------------
     def _forward(self, model: torch.nn.Module, adapters: list[str], **kwargs: Any) -> torch.Tensor:
         if isinstance(model, PeftModel):
-            if model.peft_config:
+            if self._bank.enabled:
+                # Stacked path: peft's layers are off, the bank's hooks add each row's LoRA delta.
+                assert self._device is not None
+                self._bank.set_rows(adapters, self._device)
+                model = model.get_base_model()
+            elif model.peft_config:
                 kwargs["adapter_names"] = adapters
             else:
                 # Every adapter was unloaded: peft's forward needs an active config, the bare model does not.

@@ -55,7 +55,17 @@ def greedy(prompt: str, model: str | None, n: int = 10, **kw: object) -> Generat
     return GenerationRequest(prompt=prompt, model=model, max_tokens=n, ignore_eos=True, **kw)  # type: ignore[arg-type]
 
 
-async def test_mixed_adapter_batch_matches_each_adapter_alone(engine: InferenceEngine) -> None:
+@pytest.mark.parametrize("backend", ["stacked", "peft"])
+async def test_mixed_adapter_batch_matches_each_adapter_alone(
+    engine: InferenceEngine, tiny: tuple[Path, list[Path]], backend: str
+) -> None:
+    if backend == "peft":
+        engine.close()
+        engine = InferenceEngine(tiny[0], max_batch_size=8, lora_backend="peft")
+        engine.start()
+        for i, path in enumerate(tiny[1]):
+            engine.load_adapter(f"ad{i}.v1", path)
+    assert engine.active_lora_backend == backend
     models = [None, "ad0.v1", "ad1.v1", "ad2.v1"]
     cases = [(p, m) for p in PROMPTS[:2] for m in models]
     alone = [(await engine.generate(greedy(p, m))).token_ids for p, m in cases]
@@ -67,6 +77,8 @@ async def test_mixed_adapter_batch_matches_each_adapter_alone(engine: InferenceE
     # The adapters really change the output, so the comparison above means something.
     assert len({tuple(t) for t in alone[:4]}) == 4
     assert [r.adapter_id for r in batched[:4]] == models
+    if backend == "peft":
+        engine.close()
 
 
 async def test_rows_join_a_running_batch(engine: InferenceEngine) -> None:
