@@ -15,10 +15,10 @@ class DemoModelConfig:
     """Architecture of the demo model (nanoGPT style). Small enough to train in a minute on CPU."""
 
     vocab_size: int = 1536
-    n_embd: int = 192
-    n_layer: int = 3
-    n_head: int = 6
-    n_kv_head: int = 6
+    n_embd: int = 128
+    n_layer: int = 2
+    n_head: int = 4
+    n_kv_head: int = 4
     mlp_ratio: float = 2.75
     max_seq_len: int = 512
     rope_theta: float = 10000.0
