@@ -11,9 +11,9 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.serving import LiveGateway, gateway_factory, tiny_model
+from tests.support.serving import LiveGateway, gateway_factory, one_torch_thread, tiny_model
 
-__all__ = ["gateway_factory", "tiny_model"]
+__all__ = ["gateway_factory", "one_torch_thread", "tiny_model"]
 
 pytestmark = pytest.mark.timeout(180)
 

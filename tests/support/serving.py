@@ -65,7 +65,12 @@ class LiveGateway:
         self, adapter: Path, tenant: str = "acme", *, probes: list[dict[str, str]] | None = None
     ) -> str:
         """A forget request in ``ready`` whose adapter is ``adapter`` (as the pipeline leaves it)."""
-        return asyncio.run(_make_ready_request(self.settings, adapter, tenant, probes or []))
+        return self.ready_requests([adapter], tenant, probes=probes)[0]
+
+    def ready_requests(
+        self, adapters: list[Path], tenant: str = "acme", *, probes: list[dict[str, str]] | None = None
+    ) -> list[str]:
+        return asyncio.run(_make_ready_requests(self.settings, adapters, tenant, probes or []))
 
     def stop(self) -> None:
         if self.server is not None:
@@ -86,44 +91,46 @@ async def _make_key(settings: Settings, tenant: str, role: str) -> str:
         await engine.dispose()
 
 
-async def _make_ready_request(
-    settings: Settings, adapter: Path, tenant: str, probes: list[dict[str, str]]
-) -> str:
+async def _make_ready_requests(
+    settings: Settings, adapters: list[Path], tenant: str, probes: list[dict[str, str]]
+) -> list[str]:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     engine = create_engine(settings.resolved_database_url)
     now = utcnow()
-    rid = new_request_id()
+    hashes = {a: dir_hash(a) for a in set(adapters)}
+    rids = [new_request_id() for _ in adapters]
     try:
         async with async_sessionmaker(engine)() as session, session.begin():
-            session.add(
-                ForgetRequest(
-                    id=rid,
-                    tenant=tenant,
-                    subject="test subject",
-                    status="ready",
-                    attempt=1,
-                    gates=[],
-                    options={"deploy_policy": "manual", "target_alias": settings.served_alias},
-                    meta={},
-                    probes=probes,
-                    corpus_hash="0" * 64,
-                    corpus_bytes=0,
-                    document_count=0,
-                    hint_count=0,
-                    stages={},
-                    progress=1.0,
-                    metrics={},
-                    decisions=[],
-                    cancel_requested=False,
-                    adapter_path=str(adapter),
-                    adapter_hash=dir_hash(adapter),
-                    created_at=now,
-                    updated_at=now,
-                    due_at=now + timedelta(days=30),
+            for rid, adapter in zip(rids, adapters, strict=True):
+                session.add(
+                    ForgetRequest(
+                        id=rid,
+                        tenant=tenant,
+                        subject="test subject",
+                        status="ready",
+                        attempt=1,
+                        gates=[],
+                        options={"deploy_policy": "manual", "target_alias": settings.served_alias},
+                        meta={},
+                        probes=probes,
+                        corpus_hash="0" * 64,
+                        corpus_bytes=0,
+                        document_count=0,
+                        hint_count=0,
+                        stages={},
+                        progress=1.0,
+                        metrics={},
+                        decisions=[],
+                        cancel_requested=False,
+                        adapter_path=str(adapter),
+                        adapter_hash=hashes[adapter],
+                        created_at=now,
+                        updated_at=now,
+                        due_at=now + timedelta(days=30),
+                    )
                 )
-            )
-        return rid
+        return rids
     finally:
         await engine.dispose()
 
@@ -171,7 +178,21 @@ def serving_settings(data_dir: Path, model_dir: Path, redis_url: str, **override
 
 
 @pytest.fixture
-def gateway_factory(tiny_model: tuple[Path, list[Path]], clean_redis: str, tmp_path: Path) -> Iterator[Any]:
+def one_torch_thread() -> Iterator[None]:
+    """The server runs in this process: on a tiny model intra-op threads only add contention (~10x slower
+    on a busy 2-core machine), so decode on one thread while the test runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def gateway_factory(
+    tiny_model: tuple[Path, list[Path]], clean_redis: str, tmp_path: Path, one_torch_thread: None
+) -> Iterator[Any]:
     """Start gateways (several replicas may share one data directory and database); all stopped after."""
     started: list[LiveGateway] = []
 
