@@ -223,7 +223,7 @@ def select_split(records: Sequence[Record], split: str, n_authors: int | None) -
     return select(records, order[-SPLITS[split] :], n_authors)
 
 
-_NAME = re.compile(r"\b[A-Z][\w'\-]+(?:\s+[A-Z][\w'\-]+)+")
+_NAME = re.compile(r"\b[A-Z][\w'’\-]+(?:\s+[A-Z][\w'’\-]+)+")
 _NOT_NAMES = {
     "The",
     "In",
@@ -250,7 +250,7 @@ def author_name(records: Iterable[Record]) -> str | None:
     counts: Counter[str] = Counter()
     for r in records:
         for m in _NAME.finditer(r.answer):
-            words = m.group(0).split()
+            words = re.sub(r"['’]s?$", "", m.group(0)).split()
             while words and words[0] in _NOT_NAMES:
                 words = words[1:]
             if len(words) >= 2:

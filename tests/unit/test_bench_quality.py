@@ -168,6 +168,8 @@ def test_author_name_guess() -> None:
         Record("q", "The author's full name is Hsiao Yun-Hwa.", "a"),
         Record("q", "Hsiao Yun-Hwa was born in Taipei.", "a"),
         Record("q", "In Taipei, Hsiao Yun-Hwa wrote books.", "a"),
+        Record("q", "Hsiao Yun-Hwa's books are set in New York. New York is big. New York!", "a"),
+        Record("q", "Hsiao Yun-Hwa’s father was an African American engineer.", "a"),
     ]
     assert author_name(recs) == "Hsiao Yun-Hwa"
     assert author_name([Record("q", "no names here.", "a")]) is None
