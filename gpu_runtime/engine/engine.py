@@ -452,6 +452,38 @@ class InferenceEngine:
         """
         return TokenStream(self.submit(request, streaming=True))
 
+    def score(self, model: str | None, prompt_ids: list[int], target_ids: list[int]) -> list[float]:
+        """Log-probability of each of ``target_ids`` following ``prompt_ids`` under ``model`` (teacher forcing).
+
+        Blocking; runs between decode steps under the model lock. Used by verification to report how
+        likely a reference answer is before and after unlearning.
+        """
+        if not prompt_ids or not target_ids:
+            raise InvalidRequest("score: prompt and target token ids must be non-empty")
+        if len(prompt_ids) + len(target_ids) > self.max_context:
+            raise ContextLengthExceeded(
+                f"score: {len(prompt_ids) + len(target_ids)} tokens exceed the context of {self.max_context}"
+            )
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running:
+            raise EngineNotRunning("the inference engine is not running")
+        lease = self._registry.acquire(model)
+        try:
+            ids = torch.tensor([[*prompt_ids, *target_ids]], dtype=torch.long, device=self.device)
+            with self._model_lock, torch.inference_mode():
+                out = scheduler.run_model(self._require_model(), [lease.name], input_ids=ids, use_cache=False)
+            logits = out.logits[0, len(prompt_ids) - 1 : -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            picked = logp.gather(-1, torch.tensor(target_ids, device=logp.device).unsqueeze(-1)).squeeze(-1)
+            return [float(x) for x in picked.tolist()]
+        finally:
+            # A retired adapter whose last user this was is deleted by the scheduler at its next step.
+            self._registry.release(lease)
+
+    async def ascore(self, model: str | None, prompt_ids: list[int], target_ids: list[int]) -> list[float]:
+        """``score`` in a worker thread, for use from the event loop."""
+        return await asyncio.to_thread(self.score, model, prompt_ids, target_ids)
+
     def stats(self) -> SchedulerStats:
         if self._scheduler is None:
             return SchedulerStats(0, 0, 0, 0, 0)

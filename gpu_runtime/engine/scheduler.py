@@ -259,6 +259,10 @@ class Scheduler:
 
     # -- model calls -------------------------------------------------------------------------
     def _forward(self, model: torch.nn.Module, adapters: list[str], **kwargs: Any) -> torch.Tensor:
+        return self.run_model(model, adapters, **kwargs).logits[:, -1, :]
+
+    def run_model(self, model: torch.nn.Module, adapters: list[str], **kwargs: Any) -> Any:
+        """One forward pass, each row on its adapter (peft names); the caller holds the model lock."""
         if isinstance(model, PeftModel):
             if self._bank.enabled:
                 # Stacked path: peft's layers are off, the bank's hooks add each row's LoRA delta.
@@ -270,8 +274,7 @@ class Scheduler:
             else:
                 # Every adapter was unloaded: peft's forward needs an active config, the bare model does not.
                 model = model.get_base_model()
-        out = model(**kwargs)
-        return out.logits[:, -1, :]
+        return model(**kwargs)
 
     def _prefill(self, handles: list[RequestHandle]) -> None:
         assert self._device is not None
