@@ -1,6 +1,6 @@
 """Content-addressed, immutable copies of deployed adapters, and the two hash formulas we check.
 
-A deploy copies the request's adapter directory into ``<data_dir>/adapters/<sha>/`` so that purging
+A deploy copies the request's adapter directory into ``<data_dir>/adapters/<dir hash>/`` so that purging
 the request's working files never removes what a replica serves; copies are never deleted here
 (several replicas may share the data directory, and rollback needs old versions).
 """
@@ -105,7 +105,9 @@ def store_adapter(source: Path, store_root: Path) -> tuple[Path, str]:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(item, tmp / rel)
         sha = engine_hash(tmp)
-        target = store_root / sha
+        # Named by the whole directory's content (manifest included), so two adapters with equal
+        # weights but different provenance never share a folder.
+        target = store_root / dir_hash(tmp)
         if target.is_dir():
             # Same content already stored (a redeploy, or another replica won the race): keep it.
             shutil.rmtree(tmp, ignore_errors=True)
