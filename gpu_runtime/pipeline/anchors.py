@@ -241,7 +241,10 @@ def build_anchors(
 def _word_spans(text: str) -> list[tuple[int, int]]:
     """Capitalised words and runs of up to three of them joined by single spaces."""
     words = [
-        (m.start(), m.end()) for m in re.finditer(r"(?<!\w)[^\W\d_][\w'’-]*", text) if m.group()[0].isupper()
+        # A possessive "'s" is not part of the name: "Bae's" is the anchor "Bae".
+        (m.start(), m.end() - (2 if re.search(r"['’]s$", m.group()) else 0))
+        for m in re.finditer(r"(?<!\w)[^\W\d_][\w'’-]*", text)
+        if m.group()[0].isupper()
     ]
     spans = list(words)
     for i in range(len(words)):
