@@ -36,6 +36,7 @@ def _domain_route_handlers() -> list[Any]:
     from service.deployments.controllers import DeploymentsController
     from service.forget.controllers import CertificateKeyController, ForgetRequestController
     from service.gateway.controllers import OpenAIController
+    from service.verification.controllers import VerificationController
 
     return [
         HealthController,
@@ -43,6 +44,7 @@ def _domain_route_handlers() -> list[Any]:
         CertificateKeyController,
         OpenAIController,
         DeploymentsController,
+        VerificationController,
     ]
 
 
