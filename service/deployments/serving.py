@@ -68,6 +68,8 @@ class Serving:
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.passes = 0
+        # Ready requests with an auto policy whose deploy was refused; left to a human (manual deploy).
+        self.auto_refused: set[str] = set()
 
     @property
     def settings(self) -> Any:
@@ -150,10 +152,43 @@ class Serving:
             self.wake.clear()
             try:
                 await self.reconcile_once()
+                await self.auto_deploy_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a database hiccup must not end reconciliation for good
                 logger.warning("reconcile pass failed: %s", type(exc).__name__)
+
+    async def auto_deploy_once(self) -> int:
+        """Deploy ready requests whose policy is ``auto`` (any replica may; the alias compare-and-set
+        makes sure each is deployed once). A request whose evaluation did not pass waits for a human."""
+        from service.core.errors import ServiceError
+        from service.deployments.services import deploy
+        from service.forget.models import ForgetRequest
+
+        async with self.resources.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(ForgetRequest.id, ForgetRequest.options, ForgetRequest.metrics).where(
+                        ForgetRequest.status == "ready"
+                    )
+                )
+            ).all()
+        deployed = 0
+        for rid, options, metrics in rows:
+            if (options or {}).get("deploy_policy") != "auto" or rid in self.auto_refused:
+                continue
+            if isinstance(metrics, dict) and metrics.get("passed") is False:
+                continue
+            try:
+                await deploy(self.resources, rid, principal=None)
+                deployed += 1
+            except ServiceError as exc:
+                if exc.status_code >= 500 or exc.status_code == 429:
+                    continue  # transient (adapter slots busy, ...): the next tick tries again
+                # Refused for a reason a retry will not fix (stale parent, hash mismatch): a human decides.
+                self.auto_refused.add(rid)
+                logger.warning("auto-deploy of %s refused: %s", rid, exc.code)
+        return deployed
 
 
 def view_of(alias_row: ServedAlias, version_row: AdapterVersion | None) -> AliasView:

@@ -143,3 +143,18 @@ def test_replicas_converge_and_a_restart_serves_the_same_version(
     two.stop()
     three: LiveGateway = gateway_factory(data_dir=shared)
     assert served_fingerprint(http(three)) == fp
+
+
+def test_auto_policy_deploys_a_ready_request(
+    gateway_factory: Any, tiny_model: tuple[Path, list[Path]]
+) -> None:
+    gw: LiveGateway = gateway_factory()
+    client = http(gw)
+    rid = gw.ready_request(tiny_model[1][2], policy="auto")
+    t0 = time.monotonic()
+    while request_status(client, rid) != "deployed":
+        assert time.monotonic() - t0 < 5.0, "the auto policy did not deploy the ready request"
+        time.sleep(0.05)
+    listing = client.get("/v1/deployments").json()
+    assert listing["versions"][0]["request_id"] == rid
+    assert served_fingerprint(client) == listing["data"][0]["fingerprint"]

@@ -62,15 +62,25 @@ class LiveGateway:
         return self.keys[name]
 
     def ready_request(
-        self, adapter: Path, tenant: str = "acme", *, probes: list[dict[str, str]] | None = None
+        self,
+        adapter: Path,
+        tenant: str = "acme",
+        *,
+        probes: list[dict[str, str]] | None = None,
+        policy: str = "manual",
     ) -> str:
         """A forget request in ``ready`` whose adapter is ``adapter`` (as the pipeline leaves it)."""
-        return self.ready_requests([adapter], tenant, probes=probes)[0]
+        return self.ready_requests([adapter], tenant, probes=probes, policy=policy)[0]
 
     def ready_requests(
-        self, adapters: list[Path], tenant: str = "acme", *, probes: list[dict[str, str]] | None = None
+        self,
+        adapters: list[Path],
+        tenant: str = "acme",
+        *,
+        probes: list[dict[str, str]] | None = None,
+        policy: str = "manual",
     ) -> list[str]:
-        return asyncio.run(_make_ready_requests(self.settings, adapters, tenant, probes or []))
+        return asyncio.run(_make_ready_requests(self.settings, adapters, tenant, probes or [], policy))
 
     def stop(self) -> None:
         if self.server is not None:
@@ -92,7 +102,7 @@ async def _make_key(settings: Settings, tenant: str, role: str) -> str:
 
 
 async def _make_ready_requests(
-    settings: Settings, adapters: list[Path], tenant: str, probes: list[dict[str, str]]
+    settings: Settings, adapters: list[Path], tenant: str, probes: list[dict[str, str]], policy: str
 ) -> list[str]:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -111,7 +121,7 @@ async def _make_ready_requests(
                         status="ready",
                         attempt=1,
                         gates=[],
-                        options={"deploy_policy": "manual", "target_alias": settings.served_alias},
+                        options={"deploy_policy": policy, "target_alias": settings.served_alias},
                         meta={},
                         probes=probes,
                         corpus_hash="0" * 64,
