@@ -150,12 +150,16 @@ class LoraBank:
         if stack is None:
             return None
         x = args[0]
+        # Fused add (addmm / baddbmm): on small matrices the op count, not the FLOPs, is the cost.
         if self._single is not None:
-            delta = (x @ stack.a[self._single]) @ stack.b[self._single]
-        else:
-            rows = self._rows
-            assert rows is not None
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
-            delta = torch.bmm(torch.bmm(flat, stack.a.index_select(0, rows)), stack.b.index_select(0, rows))
-            delta = delta.reshape(*x.shape[:-1], delta.shape[-1])
-        return output + delta.to(output.dtype)
+            h = x.reshape(-1, x.shape[-1]) @ stack.a[self._single]
+            out = torch.addmm(output.reshape(-1, output.shape[-1]), h, stack.b[self._single])
+            return out.reshape(output.shape)
+        rows = self._rows
+        assert rows is not None
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
+        h = torch.bmm(flat, stack.a.index_select(0, rows))
+        out = torch.baddbmm(
+            output.reshape(x.shape[0], -1, output.shape[-1]), h, stack.b.index_select(0, rows)
+        )
+        return out.reshape(output.shape)

@@ -32,7 +32,7 @@ _CORPUS = [
 # name -> (hidden, intermediate, layers, heads, kv_heads)
 SHAPES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny": (64, 128, 2, 4, 2),
-    "small": (512, 1376, 8, 8, 8),
+    "small": (256, 688, 4, 4, 4),
     "llama-7b": (4096, 11008, 32, 32, 32),
 }
 
