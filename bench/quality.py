@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ from bench._tofu import (
 IGNORE = -100
 #: Bump when base-model training changes in a way the cache key would not see.
 TRAIN_FORMAT = 1
+#: Bump when the evaluation changes (cached evaluations of the reference models are keyed on it).
+EVAL_FORMAT = 1
 METHODS = ("whp", "ga", "gd", "npo")
 
 
@@ -623,7 +625,7 @@ def target_check(rows: Sequence[Row]) -> dict[str, Any]:
     dominating = [
         r.method
         for r in rows
-        if r.method in ("ga", "gd", "npo")
+        if r.method.split("@")[0] in ("ga", "gd", "npo")
         and r.forget_quality >= whp.forget_quality
         and r.model_utility >= whp.model_utility
         and (r.forget_quality > whp.forget_quality or r.model_utility > whp.model_utility)
@@ -711,7 +713,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unlearn-epochs", type=int, default=UnlearnConfig.epochs)
     p.add_argument("--whp-lr", type=float, default=UnlearnConfig.whp_lr)
     p.add_argument("--whp-alpha", type=float, default=UnlearnConfig.whp_alpha)
-    p.add_argument("--baseline-lr", type=float, default=UnlearnConfig.baseline_lr)
+    p.add_argument(
+        "--baseline-lr",
+        type=float,
+        nargs="+",
+        default=[UnlearnConfig.baseline_lr],
+        help="one row per value and baseline (rows named ga@LR when several)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--retain-eval-max", type=int, default=200, help="retain pairs evaluated (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -747,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.unlearn_epochs,
         whp_lr=args.whp_lr,
         whp_alpha=args.whp_alpha,
-        baseline_lr=args.baseline_lr,
+        baseline_lr=args.baseline_lr[0],
         seed=args.seed,
     )
     retain_eval_max = args.retain_eval_max or None
@@ -762,6 +770,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     rt_wall = time.perf_counter() - t0
     tok = load_tokenizer(finetuned_dir)
 
+    eval_key = _sha(
+        {
+            "v": EVAL_FORMAT,
+            "forget": [asdict(r) for r in sel.forget],
+            "retain": [asdict(r) for r in sel.retain],
+            "max_new_tokens": args.max_new_tokens,
+            "retain_eval_max": retain_eval_max,
+        }
+    )[:16]
+
+    def ev_cached(model_dir: Path, name: str) -> EvalResult:
+        # The reference models are deterministic: their measurements are cached next to them.
+        path = model_dir / f"eval-{eval_key}.json"
+        if path.is_file():
+            log(f"{name}: cached evaluation {path.name}")
+            return EvalResult(**json.loads(path.read_text()))
+        result = ev(load_model(model_dir), name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(result)))
+        os.replace(tmp, path)
+        return result
+
     def ev(model: Any, name: str) -> EvalResult:
         t = time.perf_counter()
         result = evaluate(model, tok, sel, args.max_new_tokens, retain_eval_max)
@@ -771,8 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return result
 
-    ft_eval = ev(load_model(finetuned_dir), "finetuned")
-    rt_eval = ev(load_model(retain_dir), "retain-only")
+    ft_eval = ev_cached(finetuned_dir, "finetuned")
+    rt_eval = ev_cached(retain_dir, "retain-only")
     rows = [
         make_row("finetuned", ft_eval, rt_eval, ft_eval.utility, ft_wall),
         make_row("retain-only", rt_eval, rt_eval, ft_eval.utility, rt_wall),
@@ -783,8 +813,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         row.wall_s = max(round(wall, 1), float(manifest["train_seconds"]))
         row.extra.update(model=model_dir.name, cached=wall < 0.5 * manifest["train_seconds"])
 
-    methods: dict[str, Callable[[], tuple[Any, dict[str, Any]]]] = {}
-
     def whp() -> tuple[Any, dict[str, Any]]:
         work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tofu-whp-"))
         try:
@@ -794,14 +822,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.work_dir:
                 shutil.rmtree(work, ignore_errors=True)
 
-    methods["whp"] = whp
-    for name in ("ga", "gd", "npo"):
-        methods[name] = lambda name=name: (run_baseline(name, finetuned_dir, sel, ucfg), {})
-
+    runs: list[tuple[str, Callable[[], tuple[Any, dict[str, Any]]]]] = []
     for name in args.methods:
+        if name == "whp":
+            runs.append((name, whp))
+            continue
+        for lr in args.baseline_lr:
+            cfg = replace(ucfg, baseline_lr=lr)
+            label = name if len(args.baseline_lr) == 1 else f"{name}@{lr:g}"
+            runs.append(
+                (
+                    label,
+                    lambda name=name, cfg=cfg: (
+                        run_baseline(name, finetuned_dir, sel, cfg),
+                        {"lr": cfg.baseline_lr},
+                    ),
+                )
+            )
+
+    for name, method in runs:
         log(f"{name}: unlearning")
         t0 = time.perf_counter()
-        model, info = methods[name]()
+        model, info = method()
         wall = time.perf_counter() - t0
         row = make_row(name, ev(model, name), rt_eval, ft_eval.utility, wall)
         row.extra.update(info)
@@ -822,6 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "retain_eval_pairs": min(len(sel.retain_eval or sel.retain), retain_eval_max or 10**9),
                 "base_train": asdict(base_cfg),
                 "unlearn": asdict(ucfg),
+                "baseline_lrs": args.baseline_lr,
                 "threads": args.threads,
                 "total_wall_s": round(time.perf_counter() - t_all, 1),
                 "argv": list(argv) if argv is not None else sys.argv[1:],
