@@ -211,11 +211,11 @@ def view_of(alias_row: ServedAlias, version_row: AdapterVersion | None) -> Alias
 
 
 def get_serving(resources: Resources) -> Serving:
-    serving = resources.extras.get(SERVING_KEY)
+    serving: Serving | None = resources.extras.get(SERVING_KEY)
     if serving is None:
         # Apps built without the deployments hook (unit setups) still get a consistent, empty view.
         serving = resources.extras[SERVING_KEY] = Serving(resources)
-    return serving  # type: ignore[no-any-return]
+    return serving
 
 
 async def start_reconciler(resources: Resources, stack: AsyncExitStack) -> None:

@@ -20,7 +20,7 @@ from litestar.response import Stream
 from service.auth.dependencies import Principal, provide_principal
 from service.core.errors import BadRequest, ServiceError, error_body
 from service.core.state import Resources
-from service.deployments.serving import get_serving
+from service.deployments.serving import fingerprint, get_serving
 from service.gateway import openai_format as fmt
 from service.gateway.errors import map_engine_error
 from service.gateway.names import ADAPTER_PREFIX, Target, can_use_base, resolve
@@ -250,13 +250,11 @@ async def _models(resources: Resources, principal: Principal) -> list[dict[str, 
                 version=view.version,
                 version_id=view.version_id,
                 parent=view.parent_id,
-                fingerprint=serving.fingerprint_of(view.engine_id)
-                if view.sha256 is None
-                else f"fp_{view.sha256[:16]}",
+                fingerprint=fingerprint(view.sha256),
             )
         )
     for row in own_rows:
-        version = own_versions.get(row.id)
+        own = own_versions.get(row.id)
         out.append(
             fmt.model_object(
                 ADAPTER_PREFIX + row.id,
@@ -265,10 +263,10 @@ async def _models(resources: Resources, principal: Principal) -> list[dict[str, 
                 root=BASE_MODEL_NAME,
                 request_id=row.id,
                 status=row.status,
-                alias=version.alias if version else None,
-                version=version.version if version else None,
-                version_id=version.id if version else None,
-                parent=version.parent_id if version else None,
+                alias=own.alias if own else None,
+                version=own.version if own else None,
+                version_id=own.id if own else None,
+                parent=own.parent_id if own else None,
             )
         )
     return out

@@ -153,15 +153,16 @@ class CompletionBody(_Body):
             return p
         if not p:
             raise BadRequest("prompt must not be empty", param="prompt", code="invalid_value")
-        if all(isinstance(x, int) for x in p):
-            return [int(x) for x in p]  # type: ignore[arg-type]
-        if len(p) != 1:
+        items: list[Any] = list(p)
+        if all(isinstance(x, int) for x in items):
+            return [int(x) for x in items]
+        if len(items) != 1:
             raise BadRequest(
                 "only one prompt per request is supported; send one request per prompt",
                 param="prompt",
                 code="invalid_value",
             )
-        first = p[0]
+        first = items[0]
         return first if isinstance(first, str) else [int(x) for x in first]
 
 
