@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpu_runtime.engine.adapters import attach_adapter, detach_adapter, read_adapter
@@ -170,7 +171,8 @@ class InferenceEngine:
                 self._load_base()
             assert self._model is not None
             config = self._model.config
-            params = inspect.signature(self._model.forward).parameters
+            base = self._model.get_base_model() if isinstance(self._model, PeftModel) else self._model
+            params = inspect.signature(base.forward).parameters
             # transformers 5 renamed past_key_values to cache; support both.
             cache_kwarg = "cache" if "cache" in params else "past_key_values"
             self._scheduler = Scheduler(

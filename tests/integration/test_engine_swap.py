@@ -15,6 +15,7 @@ from gpu_runtime.engine import (
     AdapterFormatError,
     AdapterHashMismatch,
     AdapterInUse,
+    EngineNotRunning,
     GenerationRequest,
     GenerationResult,
     InferenceEngine,
@@ -193,3 +194,16 @@ async def test_hash_mismatch_and_pickle_refused(
     with pytest.raises(AdapterFormatError, match="pickle"):
         engine.load_adapter("pickled", pickled)
     assert [i.adapter_id for i in engine.loaded_adapters()] == ["good"]
+
+
+async def test_restart_keeps_adapters_and_aliases(
+    engine: InferenceEngine, tiny: tuple[Path, list[Path]]
+) -> None:
+    engine.load_adapter("v1", tiny[1][0])
+    engine.set_alias("chat", "v1")
+    before = (await engine.generate(req(PROMPTS[2], "chat"))).token_ids
+    await asyncio.to_thread(engine.close)
+    with pytest.raises(EngineNotRunning):
+        await engine.generate(req(PROMPTS[2], "chat"))
+    await asyncio.to_thread(engine.start)
+    assert (await engine.generate(req(PROMPTS[2], "chat"))).token_ids == before
