@@ -169,6 +169,7 @@ async def _bench(args: argparse.Namespace, model_dir: Path, adapter_dirs: list[P
         max_batch_size=args.clients,
         max_queue=4 * args.clients,
         adapter_capacity=len(adapter_dirs) + 2,
+        lora_backend=args.lora_backend,
     )
     results: dict[str, Any] = {}
     async with engine:
@@ -272,6 +273,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each measured run")
     parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument(
+        "--lora-backend", choices=["stacked", "peft"], default="stacked", help="engine's multi-LoRA path"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -319,6 +323,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "lora_rank": args.rank,
         "lora_targets": "q,k,v,o,gate,up,down",
+        "lora_backend": args.lora_backend,
         "seconds_per_run": args.seconds,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
