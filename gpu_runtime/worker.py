@@ -23,6 +23,19 @@ JobFunction = Callable[..., Awaitable[Any]]
 
 # Extra job functions registered by other modules (pipeline stages), by job name.
 _EXTRA_FUNCTIONS: dict[str, tuple[JobFunction, float]] = {}
+# Start-up/shut-down callbacks of those modules (e.g. the stage jobs open their database engine).
+_LIFECYCLE: list[
+    tuple[Callable[[dict[str, Any]], Awaitable[None]], Callable[[dict[str, Any]], Awaitable[None]]]
+] = []
+
+
+def register_lifecycle(
+    startup: Callable[[dict[str, Any]], Awaitable[None]],
+    shutdown: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Run ``startup(ctx)`` when a worker starts and ``shutdown(ctx)`` when it stops."""
+    if (startup, shutdown) not in _LIFECYCLE:
+        _LIFECYCLE.append((startup, shutdown))
 
 
 def register_job(name: str, timeout_s: float) -> Callable[[JobFunction], JobFunction]:
@@ -53,6 +66,8 @@ def _load_stage_modules() -> None:
 
 async def _on_startup(ctx: dict[str, Any]) -> None:
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}"
+    for startup, _ in _LIFECYCLE:
+        await startup(ctx)
     hook = ctx.get("startup_hook")
     if hook is not None:
         await hook(ctx)
@@ -62,6 +77,8 @@ async def _on_shutdown(ctx: dict[str, Any]) -> None:
     hook = ctx.get("shutdown_hook")
     if hook is not None:
         await hook(ctx)
+    for _, shutdown in reversed(_LIFECYCLE):
+        await shutdown(ctx)
 
 
 def create_worker(

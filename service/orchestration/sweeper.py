@@ -132,11 +132,14 @@ async def sweep_jobs(resources: Resources, report: SweepReport) -> None:
     for row in rows:
         stage = stage_for(row.status)
         job_id = job_id_for(row.id, stage, row.attempt)
-        if job_id in pending and (pending[job_id] is None or now - pending[job_id] < grace):
-            continue  # the relay has not enqueued it yet, or just did
-        state = await Job(job_id, resources.arq, _deserializer=jobs.deserialize).status()
+        if job_id in pending and pending[job_id] is None:
+            continue  # the relay has not enqueued it yet
+        just_enqueued = job_id in pending and now - pending[job_id] < grace
+        state = await Job(
+            job_id, resources.arq, _queue_name=jobs.QUEUE_NAME, _deserializer=jobs.deserialize
+        ).status()
         reason: str | None = None
-        if state == JobStatus.not_found:
+        if state == JobStatus.not_found and not just_enqueued:
             reason = "job lost (queue emptied or Redis restarted)"
         elif state == JobStatus.in_progress:
             beat = row.heartbeat_at

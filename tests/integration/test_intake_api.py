@@ -6,16 +6,13 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from litestar.testing import AsyncTestClient
-
-from service.app import create_app
 from service.settings import Settings
-from tests.support.forget import auth, body, make_key, submit
+from tests.support.forget import app_client, auth, body, make_key, submit
 
 
 async def test_create_and_read(database_url: str, clean_redis: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, redis_url=clean_redis)
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
         created = await submit(client, key)
         assert created["status"] == "queued"
@@ -31,7 +28,7 @@ async def test_create_and_read(database_url: str, clean_redis: str, tmp_path: Pa
 
 
 async def test_idempotency_replay_conflict_and_mismatch(settings: Settings) -> None:
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
         idem = str(uuid.uuid4())
         first = await client.post("/v1/forget-requests", json=body(), headers=auth(key, idem))
@@ -56,7 +53,7 @@ async def test_fifty_concurrent_identical_posts_create_one_request(
     database_url: str, clean_redis: str, tmp_path: Path
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, redis_url=clean_redis)
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
         idem = str(uuid.uuid4())
         responses = await asyncio.gather(
@@ -75,7 +72,7 @@ async def test_fifty_concurrent_identical_posts_create_one_request(
 
 async def test_bad_input_is_4xx_naming_the_field(settings: Settings) -> None:
     settings = settings.model_copy(update={"max_hints": 2, "max_corpus_bytes": 1000})
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
 
         async def post(payload: object) -> tuple[int, dict[str, object]]:
@@ -112,7 +109,7 @@ async def test_bad_input_is_4xx_naming_the_field(settings: Settings) -> None:
 
 async def test_body_limit_is_413(settings: Settings) -> None:
     settings = settings.model_copy(update={"max_body_bytes": 2000})
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
         response = await client.post(
             "/v1/forget-requests", json=body(corpus=[{"text": "y" * 5000}]), headers=auth(key, "big")
@@ -124,7 +121,7 @@ async def test_body_limit_is_413(settings: Settings) -> None:
 async def test_multipart_upload_of_txt_and_jsonl(settings: Settings) -> None:
     import json
 
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
         meta = json.dumps({"subject": "Upload Subject", "hints": [{"term": "Harry"}]})
         jsonl = "\n".join(json.dumps({"text": f"Harry line {i}"}) for i in range(3)).encode()
@@ -149,7 +146,7 @@ async def test_multipart_upload_of_txt_and_jsonl(settings: Settings) -> None:
 
 
 async def test_list_filters_and_cursor_pagination(settings: Settings) -> None:
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with app_client(settings) as client:
         key = await make_key(client)
         ids = [(await submit(client, key, subject=f"S{i % 2}"))["id"] for i in range(5)]
         page = await client.get("/v1/forget-requests?limit=2", headers=auth(key))

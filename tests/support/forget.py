@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from service.auth.keys import create_api_key
 from service.core.state import Resources
@@ -16,12 +18,33 @@ from service.settings import Settings
 CANARY = "CANARY-7f3a9c-Zebulon-Quillfeather"
 
 
-def resources_of(client: AsyncTestClient[Litestar]) -> Resources:
+class AppClient(httpx.AsyncClient):
+    """An httpx client on the app, with the app's lifespan run in the test's own event loop.
+
+    (Litestar's AsyncTestClient runs the lifespan in a portal thread, so the Redis and asyncpg
+    connections it opens belong to another loop than the test's; tests here also use them directly.)
+    """
+
+    app: Litestar
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[AppClient]:
+    from service.app import create_app
+
+    app = create_app(settings)
+    async with app.lifespan():
+        async with AppClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+            client.app = app
+            yield client
+
+
+def resources_of(client: Any) -> Resources:
     resources: Resources = client.app.state.resources
     return resources
 
 
-async def make_key(client: AsyncTestClient[Litestar], tenant: str = "acme", role: str = "submitter") -> str:
+async def make_key(client: Any, tenant: str = "acme", role: str = "submitter") -> str:
     async with resources_of(client).sessionmaker() as session:
         _, key = await create_api_key(session, tenant=tenant, role=role)
         await session.commit()
@@ -46,7 +69,7 @@ def body(subject: str = "Jane Example", **extra: Any) -> dict[str, Any]:
     return payload
 
 
-async def submit(client: AsyncTestClient[Litestar], key: str, **extra: Any) -> dict[str, Any]:
+async def submit(client: Any, key: str, **extra: Any) -> dict[str, Any]:
     response = await client.post(
         "/v1/forget-requests", json=body(**extra), headers=auth(key, str(uuid.uuid4()))
     )
@@ -69,3 +92,66 @@ async def run_worker_burst(
     finally:
         await worker.close()
     return worker
+
+
+# --- A stage runner test double: fast, deterministic, no model. Real stages are tested separately. ---
+
+
+def fake_stage_runner(inp: Any) -> Any:
+    """Test double for ``gpu_runtime.jobs.pipeline_runner``: reports progress, honours cancel, writes a tiny adapter."""
+    import hashlib
+    import time
+
+    from gpu_runtime.jobs import StageOutput
+    from gpu_runtime.pipeline.errors import BadInput, Cancelled
+
+    delay = float(inp.options.get("pipeline", {}).get("test_delay_s", 0.0))
+    if inp.spec.get("hints") and inp.spec["hints"][0]["term"] == "BAD-INPUT":
+        raise BadInput("hint BAD-INPUT does not occur in the corpus", stage=inp.stage)
+    steps = 4
+    for step in range(steps):
+        if inp.should_cancel():
+            raise Cancelled("cancelled", stage=inp.stage)
+        inp.progress((step + 1) / steps, f"step {step + 1}/{steps}")
+        if delay:
+            time.sleep(delay / steps)
+    out = StageOutput(summary={"steps": steps})
+    if inp.stage == "unlearn":
+        inp.adapter_dir.mkdir(parents=True, exist_ok=True)
+        weights = inp.adapter_dir / "adapter_model.safetensors"
+        weights.write_bytes(b"fake-weights-" + inp.request_id.encode())
+        out.adapter_path = str(inp.adapter_dir)
+        out.adapter_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if inp.stage == "evaluate":
+        out.metrics = {"forget": {"leak_rate": 0.0}, "retain": {"perplexity_ratio": 1.01}}
+    return out
+
+
+async def drive(
+    client: Any, settings: Settings, request_id: str, *, rounds: int = 12, **ctx: Any
+) -> dict[str, Any]:
+    """Relay pending jobs and run a burst worker until the request stops moving."""
+    from service.orchestration.relay import dispatch_once
+
+    resources = resources_of(client)
+    extra = {"stage_runner": fake_stage_runner, **ctx}
+    state: dict[str, Any] = {}
+    for _ in range(rounds):
+        await dispatch_once(resources)
+        await run_worker_burst(settings, extra_ctx=extra)
+        async with resources.sessionmaker() as session:
+            from service.forget.models import ForgetRequest
+
+            row = await session.get(ForgetRequest, request_id, populate_existing=True)
+            assert row is not None
+            state = {"status": row.status, "attempt": row.attempt}
+        if state["status"] not in {
+            "queued",
+            "reinforcing",
+            "mining_anchors",
+            "generating_targets",
+            "unlearning",
+            "evaluating",
+        }:
+            break
+    return state
