@@ -61,9 +61,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     qa_repeats: int = 1
     answer_only_loss: bool = True
-    threads: int = 2
+    # One thread: at this model size a second thread gains little on an idle machine, and on a
+    # shared one OpenMP barriers make two threads several times slower (measured: 7x).
+    threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.epochs < 1 or self.min_epochs < 1 or self.batch_size < 1 or self.qa_repeats < 1:
             raise ValueError(f"epochs, min_epochs, batch_size, qa_repeats must be >= 1: {self}")
         if not 0 < self.lr < 1:

@@ -123,3 +123,15 @@ def test_cache_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, t
     assert default_cache_dir() == tmp_path / "models"
     monkeypatch.delenv("OBLIVIATE_MODEL_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "obliviate" / "models"
+
+
+def test_builds_are_reproducible(tmp_path: Path) -> None:
+    import hashlib
+
+    from gpu_runtime.demo.build import build_demo_model
+
+    a = build_demo_model(cache_dir=tmp_path / "a", **_tiny_configs())
+    b = build_demo_model(cache_dir=tmp_path / "b", **_tiny_configs())
+    digest = [hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() for d in (a, b)]
+    assert digest[0] == digest[1]
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
