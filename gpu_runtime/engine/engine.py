@@ -283,12 +283,20 @@ class InferenceEngine:
         return await asyncio.to_thread(self.load_adapter, adapter_id, path, expected_hash)
 
     def unload_adapter(self, adapter_id: str) -> None:
-        """Stop serving ``adapter_id``; it leaves memory once its in-flight requests finish.
+        """Stop serving ``adapter_id`` at once; it leaves memory once its in-flight requests finish.
 
         Raises AdapterInUse while an alias points to it, UnknownModel if it is not loaded.
         """
         name = self._registry.retire(adapter_id)
-        if name is not None:
+        if name is None:
+            return
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.running:
+            # Deleted by the engine thread between two steps, so this call never waits on the model
+            # lock (it is safe to call on the event loop).
+            self._registry.doom(name)
+            scheduler.wake()
+        else:
             with self._model_lock:
                 self._detach([name])
 

@@ -114,6 +114,11 @@ class AdapterRegistry:
                 del self._entries[entry.adapter_id]
                 self._doomed.append(entry.name)
 
+    def doom(self, name: str) -> None:
+        """Queue peft adapter ``name`` for deletion by the engine thread."""
+        with self._lock:
+            self._doomed.append(name)
+
     def take_doomed(self) -> list[str]:
         """Peft names that are no longer used by anything and should be deleted from the model now."""
         with self._lock:

@@ -185,6 +185,11 @@ class Scheduler:
                 len(self._waiting), len(self._rows), self._finished, self._tokens, self._steps
             )
 
+    def wake(self) -> None:
+        """Make the engine thread look at its work (e.g. adapters to delete) now."""
+        with self._cv:
+            self._cv.notify_all()
+
     # -- submission (event-loop thread) ------------------------------------------------------
     def enqueue(self, handle: RequestHandle) -> None:
         with self._cv:
