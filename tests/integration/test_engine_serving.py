@@ -216,3 +216,13 @@ async def test_render_chat_uses_template(engine: InferenceEngine) -> None:
     assert text.startswith("<|user|>") and text.endswith("<|assistant|>\n")
     result = await engine.generate(GenerationRequest(prompt=ids, model="ad1.v1", max_tokens=5))
     assert result.usage.prompt_tokens == len(ids)
+
+
+async def test_score_matches_generation_logprobs(engine: InferenceEngine) -> None:
+    prompt = engine.encode(PROMPTS[0])
+    for model in (None, "ad1.v1"):
+        result = await engine.generate(greedy(PROMPTS[0], model, n=6, logprobs=True))
+        scored = await engine.ascore(model, prompt, result.token_ids)
+        assert result.logprobs is not None
+        for got, lp in zip(scored, result.logprobs, strict=True):
+            assert math.isclose(got, lp.logprob, abs_tol=1e-4)
