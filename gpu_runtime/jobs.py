@@ -38,7 +38,6 @@ from service.forget import lifecycle
 from service.forget.lifecycle import STAGE_STATUS, Status
 from service.forget.models import ForgetRequest, RequestEvent
 from service.forget.service import transition
-from service.orchestration.outbox import add_job
 from service.settings import Settings
 
 logger = logging.getLogger("obliviate.jobs")
@@ -366,9 +365,9 @@ async def _finish(
         if moved is None:
             await session.rollback()
             return None
-        if target == Status.READY and row.options.get("deploy_policy") == "auto":
-            # The deployments domain registers the deploy job; it deploys without a human.
-            add_job(session, row.id, jobs.DEPLOY, moved.attempt)
+        # A ready request with deploy_policy=auto is deployed by the gateway replicas' reconciler
+        # (service/deployments/serving.py): deploying means loading into the serving engine, which
+        # lives in the API processes, not in this worker.
         await session.commit()
     return target.value
 
