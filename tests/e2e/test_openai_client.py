@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,18 @@ def test_full_queue_answers_429_with_retry_after(gateway_factory: Any) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(call, range(8)))
     assert "429" in outcomes and "ok" in outcomes
+
+
+def test_client_going_away_cancels_the_generation(gw: LiveGateway, client: openai.OpenAI) -> None:
+    stream = client.completions.create(
+        model="base", prompt="Numbers:", max_tokens=400, temperature=0, stream=True
+    )
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    deadline = time.monotonic() + 5
+    while gw.engine.stats().running or gw.engine.stats().waiting:
+        assert time.monotonic() < deadline, "the abandoned request kept its batch slot"
+        time.sleep(0.05)
+    assert gw.engine.stats().tokens_generated < 400

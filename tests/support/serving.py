@@ -50,6 +50,12 @@ class LiveGateway:
     keys: dict[str, str] = field(default_factory=dict)  # "<tenant>/<role>" -> key
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
+    app: Any = None
+
+    @property
+    def engine(self) -> Any:
+        """The in-process inference engine (to look at its counters; never call it from the test thread)."""
+        return self.app.state.resources.extras["engine"]
 
     @property
     def base_url(self) -> str:
@@ -148,8 +154,9 @@ async def _make_ready_requests(
 def start_gateway(settings: Settings, *, timeout: float = 120.0) -> LiveGateway:
     """Run the app under uvicorn in a thread on a free loopback port; returns once it answers."""
     port = free_port()
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -167,7 +174,9 @@ def start_gateway(settings: Settings, *, timeout: float = 120.0) -> LiveGateway:
             server.should_exit = True
             raise TimeoutError("the gateway did not start in time")
         time.sleep(0.05)
-    return LiveGateway(settings=settings, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
+    return LiveGateway(
+        settings=settings, url=f"http://127.0.0.1:{port}", server=server, thread=thread, app=app
+    )
 
 
 def serving_settings(data_dir: Path, model_dir: Path, redis_url: str, **overrides: Any) -> Settings:
