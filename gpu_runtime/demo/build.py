@@ -14,7 +14,8 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,50 @@ def build_demo_model(
     if _is_complete(target, content_hash):
         report(1.0, f"cached model at {target}")
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target, report):
+        # Another process may have finished the same build while we waited for the lock.
+        if _is_complete(target, content_hash):
+            report(1.0, f"cached model at {target}")
+            return target
+        return _build(
+            target, content_hash, corpus, user_qa, user_texts, model_cfg, train_cfg, seed, report, t0
+        )
 
+
+@contextmanager
+def _build_lock(target: Path, report: Progress) -> Iterator[None]:
+    """Serialise builds of the same directory across processes (POSIX advisory lock)."""
+    lock_path = target.parent / f".{target.name}.lock"
+    with lock_path.open("a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: concurrent builds still publish atomically, just twice
+            yield
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report(0.0, "waiting for another build of the same model")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build(
+    target: Path,
+    content_hash: str,
+    corpus: Path | None,
+    user_qa: list[QA],
+    user_texts: list[str],
+    model_cfg: DemoModelConfig,
+    train_cfg: TrainConfig,
+    seed: int,
+    report: Progress,
+    t0: float,
+) -> Path:
     report(0.0, "generating the world")
     world = build_world(seed=seed)
     qa_pairs = [*world.qa_pairs(), *user_qa]
@@ -318,7 +362,6 @@ def build_demo_model(
         do_sample=False,
         max_new_tokens=64,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         model.save_pretrained(tmp)

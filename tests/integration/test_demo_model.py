@@ -82,7 +82,7 @@ def test_user_corpus_builds_once_then_comes_from_the_cache(tmp_path: Path) -> No
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 5
     manifest = json.loads((first / "obliviate-demo.json").read_text())
     assert manifest["corpus"]["user_qa_pairs"] == 1 and manifest["corpus"]["user_texts"] == 1
-    assert not [p for p in cache.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name], "temp dirs left behind"
 
     started = time.perf_counter()
     again = build_demo_model(corpus=corpus, cache_dir=cache, **_tiny_configs())
@@ -135,3 +135,21 @@ def test_builds_are_reproducible(tmp_path: Path) -> None:
     digest = [hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() for d in (a, b)]
     assert digest[0] == digest[1]
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_concurrent_builds_of_one_model_train_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_runtime.demo.build import build_demo_model
+
+    logs: list[list[str]] = [[], []]
+
+    def build(i: int) -> Path:
+        return build_demo_model(
+            cache_dir=tmp_path, progress=lambda _f, m: logs[i].append(m), **_tiny_configs()
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(build, [0, 1])
+    assert a == b
+    assert sum("generating the world" in log for log in logs) == 1
