@@ -34,6 +34,7 @@ from service import jobs
 from service.artifacts.store import ADAPTER, INPUT, SPEC_FILE, WORK, store_for
 from service.db import create_engine
 from service.db.base import utcnow
+from service.deployments.models import AdapterVersion, ServedAlias
 from service.forget import lifecycle
 from service.forget.lifecycle import STAGE_STATUS, Status
 from service.forget.models import ForgetRequest, RequestEvent
@@ -204,14 +205,17 @@ def _expected_status(stage: str) -> list[str]:
     return [Status.QUEUED.value, status] if stage == jobs.REINFORCE else [status]
 
 
-async def _deployed_adapter(session: AsyncSession) -> str | None:
-    """The adapter currently served (the newest deployed request's), which the new delta builds on."""
+async def _deployed_adapter(session: AsyncSession, alias: str) -> str | None:
+    """The adapter ``alias`` serves now, which the new delta builds on (None: the base model).
+
+    Read from the deployments' desired state, so it is right after a rollback too, and it is the
+    immutable store copy, which outlives the purge of the deployed request's working files.
+    """
     path = (
         await session.execute(
-            select(ForgetRequest.adapter_path)
-            .where(ForgetRequest.status == Status.DEPLOYED.value)
-            .order_by(ForgetRequest.deployed_at.desc())
-            .limit(1)
+            select(AdapterVersion.path)
+            .join(ServedAlias, ServedAlias.version_id == AdapterVersion.id)
+            .where(ServedAlias.alias == alias)
         )
     ).scalar_one_or_none()
     return path if path and await asyncio.to_thread(Path(path).is_dir) else None
@@ -424,7 +428,9 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
     store = store_for(settings)
     live = _Live()
     async with sessionmaker() as session:
-        deployed = await _deployed_adapter(session)
+        deployed = await _deployed_adapter(
+            session, str(row.options.get("target_alias") or settings.served_alias)
+        )
     try:
         spec = await asyncio.to_thread(store.get_json, request_id, INPUT, SPEC_FILE)
     except FileNotFoundError:
