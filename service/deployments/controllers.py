@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 from msgspec import Meta, Struct
@@ -14,6 +17,7 @@ from service.core.state import Resources
 from service.deployments import services
 from service.deployments.models import AdapterVersion
 from service.deployments.serving import AliasView, fingerprint
+from service.forget import idempotency
 
 
 class DeployBody(Struct, forbid_unknown_fields=True):
@@ -76,24 +80,33 @@ class DeploymentsController(Controller):
     @post(
         "/",
         status_code=201,
-        summary="Deploy a ready request's adapter (hot swap)",
+        summary="Deploy a ready request's adapter (hot swap); optional Idempotency-Key",
         guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
     )
     async def create_deployment(
-        self, data: DeployBody, resources: Resources, principal: Principal
-    ) -> dict[str, Any]:
-        outcome = await services.deploy(resources, data.request_id, principal=principal, alias=data.alias)
-        assert outcome.version is not None
-        return {
-            **alias_out(outcome.view),
-            "deployed": version_out(outcome.version, principal),
-            "previous_version": outcome.previous.version if outcome.previous else 0,
-        }
+        self,
+        data: DeployBody,
+        resources: Resources,
+        principal: Principal,
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+    ) -> Response[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            outcome = await services.deploy(resources, data.request_id, principal=principal, alias=data.alias)
+            assert outcome.version is not None
+            return {
+                **alias_out(outcome.view),
+                "deployed": version_out(outcome.version, principal),
+                "previous_version": outcome.previous.version if outcome.previous else 0,
+            }
+
+        return await _once(
+            resources, principal, idempotency_key, ("deploy", data.request_id, data.alias), 201, run
+        )
 
     @post(
         "/{alias:str}/rollback",
         status_code=200,
-        summary="Serve an earlier version of the alias again",
+        summary="Serve an earlier version of the alias again; optional Idempotency-Key",
         guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
     )
     async def rollback(
@@ -102,13 +115,58 @@ class DeploymentsController(Controller):
         principal: Principal,
         alias: Annotated[str, Parameter(max_length=64)],
         data: RollbackBody | None = None,
-    ) -> dict[str, Any]:
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+    ) -> Response[dict[str, Any]]:
         body = data or RollbackBody()
-        outcome = await services.rollback(resources, alias, principal=principal, to_version=body.to_version)
-        return {
-            **alias_out(outcome.view),
-            "previous_version": outcome.previous.version if outcome.previous else 0,
-        }
+
+        async def run() -> dict[str, Any]:
+            outcome = await services.rollback(
+                resources, alias, principal=principal, to_version=body.to_version
+            )
+            return {
+                **alias_out(outcome.view),
+                "previous_version": outcome.previous.version if outcome.previous else 0,
+            }
+
+        return await _once(
+            resources, principal, idempotency_key, ("rollback", alias, body.to_version), 200, run
+        )
+
+
+async def _once(
+    resources: Resources,
+    principal: Principal,
+    key: str | None,
+    what: tuple[Any, ...],
+    status_code: int,
+    run: Callable[[], Awaitable[dict[str, Any]]],
+) -> Response[dict[str, Any]]:
+    """Run ``run`` at most once per Idempotency-Key (a retried rollback must not roll back twice)."""
+    if key is None:
+        return Response(await run(), status_code=status_code)
+    # Namespaced (the table is shared with forget requests) and hashed, so the column length holds.
+    key = "deployments:" + hashlib.sha256(idempotency.check_key(key).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()
+    replay = await idempotency.begin(
+        resources.sessionmaker, resources.settings, tenant=principal.tenant, key=key, body_hash=digest
+    )
+    if replay is not None:
+        return Response(replay.body, status_code=replay.status_code)
+    try:
+        body = await run()
+    except BaseException:
+        await idempotency.release(resources.sessionmaker, tenant=principal.tenant, key=key)
+        raise
+    async with resources.sessionmaker() as session, session.begin():
+        await idempotency.complete(
+            session,
+            tenant=principal.tenant,
+            key=key,
+            status_code=status_code,
+            body=body,
+            request_id=str(what[1])[:40],
+        )
+    return Response(body, status_code=status_code)
 
 
 __all__ = ["DeploymentsController"]

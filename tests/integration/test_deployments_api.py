@@ -158,3 +158,21 @@ def test_auto_policy_deploys_a_ready_request(
     listing = client.get("/v1/deployments").json()
     assert listing["versions"][0]["request_id"] == rid
     assert served_fingerprint(client) == listing["data"][0]["fingerprint"]
+
+
+def test_idempotency_key_makes_a_retried_rollback_safe(
+    gateway_factory: Any, tiny_model: tuple[Path, list[Path]]
+) -> None:
+    gw: LiveGateway = gateway_factory()
+    client = http(gw)
+    for rid in gw.ready_requests(tiny_model[1][:3]):
+        assert client.post("/v1/deployments", json={"request_id": rid}).status_code == 201
+    headers = {"Idempotency-Key": "rollback-once"}
+    first = client.post("/v1/deployments/chat/rollback", headers=headers)
+    assert first.status_code == 200 and first.json()["version"] == 2
+    retried = client.post("/v1/deployments/chat/rollback", headers=headers)
+    assert retried.status_code == 200 and retried.json() == first.json()  # replayed, not rolled back again
+    listing = client.get("/v1/deployments").json()
+    assert listing["data"][0]["version"] == 2
+    reused = client.post("/v1/deployments/chat/rollback", headers=headers, json={"to_version": 0})
+    assert reused.status_code == 422  # same key, different request
