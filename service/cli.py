@@ -291,7 +291,9 @@ def demo(
     import shutil
 
     from gpu_runtime.demo.build import build_demo_model
-    from service.demo import run_demo
+    from service.demo import quiet_logging, run_demo
+
+    quiet_logging()
 
     settings = _settings_from(None, port=port)
     demo_dir = data_dir or settings.data_dir / "demo"
@@ -308,6 +310,7 @@ def demo(
             "data_dir": demo_dir,
             "port": chosen_port,
             "workers": max(1, settings.workers),
+            "engine": "inprocess",
         }
     )
     click.echo(f"demo model: {model_dir}\ndemo data:  {demo_dir}")

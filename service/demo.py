@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +47,19 @@ class DemoOutcome:
     total_keep: int
     certificate_path: Path | None
     seconds: float
+
+
+NOISY_LOGGERS = ("alembic", "httpx", "httpx2", "arq", "uvicorn", "transformers", "obliviate", "gpu_runtime")
+
+
+def quiet_logging() -> None:
+    """The demo prints its own story; library chatter (and the workers' INFO lines) would drown it."""
+    os.environ.setdefault("OBLIVIATE_LOG_LEVEL", "WARNING")  # inherited by the worker processes
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _create_key(settings: Settings, role: str = "admin") -> str:
