@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import HeaderParameter, JSONBody, PathParameter
 from msgspec import Meta, Struct
 
 from service.auth.dependencies import Principal, Role, provide_principal, require_role
 from service.core.state import Resources
 from service.deployments import services
+from service.deployments.idempotency import once
 from service.deployments.models import AdapterVersion
 from service.deployments.serving import AliasView, fingerprint
-from service.forget import idempotency
 
 
 class DeployBody(Struct, forbid_unknown_fields=True):
@@ -69,7 +67,9 @@ class DeploymentsController(Controller):
     dependencies = {"principal": Provide(provide_principal)}
 
     @get("/", summary="What each alias serves, and every adapter version")
-    async def list_deployments(self, resources: Resources, principal: Principal) -> dict[str, Any]:
+    async def list_deployments(
+        self, resources: NamedDependency[Resources], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
         views, versions = await services.history(resources)
         return {
             "object": "list",
@@ -85,10 +85,10 @@ class DeploymentsController(Controller):
     )
     async def create_deployment(
         self,
-        data: DeployBody,
-        resources: Resources,
-        principal: Principal,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+        data: JSONBody[DeployBody],
+        resources: NamedDependency[Resources],
+        principal: NamedDependency[Principal],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[dict[str, Any]]:
         async def run() -> dict[str, Any]:
             outcome = await services.deploy(resources, data.request_id, principal=principal, alias=data.alias)
@@ -111,11 +111,11 @@ class DeploymentsController(Controller):
     )
     async def rollback(
         self,
-        resources: Resources,
-        principal: Principal,
-        alias: Annotated[str, Parameter(max_length=64)],
-        data: RollbackBody | None = None,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+        resources: NamedDependency[Resources],
+        principal: NamedDependency[Principal],
+        alias: Annotated[str, PathParameter(max_length=64)],
+        data: JSONBody[RollbackBody | None] = None,
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[dict[str, Any]]:
         body = data or RollbackBody()
 
@@ -141,32 +141,7 @@ async def _once(
     status_code: int,
     run: Callable[[], Awaitable[dict[str, Any]]],
 ) -> Response[dict[str, Any]]:
-    """Run ``run`` at most once per Idempotency-Key (a retried rollback must not roll back twice)."""
-    if key is None:
-        return Response(await run(), status_code=status_code)
-    # Namespaced (the table is shared with forget requests) and hashed, so the column length holds.
-    key = "deployments:" + hashlib.sha256(idempotency.check_key(key).encode()).hexdigest()
-    digest = hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()
-    replay = await idempotency.begin(
-        resources.sessionmaker, resources.settings, tenant=principal.tenant, key=key, body_hash=digest
-    )
-    if replay is not None:
-        return Response(replay.body, status_code=replay.status_code)
-    try:
-        body = await run()
-    except BaseException:
-        await idempotency.release(resources.sessionmaker, tenant=principal.tenant, key=key)
-        raise
-    async with resources.sessionmaker() as session, session.begin():
-        await idempotency.complete(
-            session,
-            tenant=principal.tenant,
-            key=key,
-            status_code=status_code,
-            body=body,
-            request_id=str(what[1])[:40],
-        )
-    return Response(body, status_code=status_code)
+    return Response(await once(resources, principal.tenant, key, what, run), status_code=status_code)
 
 
 __all__ = ["DeploymentsController"]

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from service.auth.dependencies import Principal, provide_principal
@@ -63,7 +64,10 @@ class OpenAIController(Controller):
 
     @post("/chat/completions", status_code=200, summary="Chat completion (OpenAI-compatible)")
     async def chat_completions(
-        self, request: Request[Any, Any, Any], resources: Resources, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
+        principal: NamedDependency[Principal],
     ) -> Response[Any]:
         body = parse_body(ChatCompletionBody, await _json_body(request))
         engine = get_engine(resources)
@@ -76,7 +80,10 @@ class OpenAIController(Controller):
 
     @post("/completions", status_code=200, summary="Text completion (OpenAI-compatible)")
     async def completions(
-        self, request: Request[Any, Any, Any], resources: Resources, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
+        principal: NamedDependency[Principal],
     ) -> Response[Any]:
         body = parse_body(CompletionBody, await _json_body(request))
         engine = get_engine(resources)
@@ -84,11 +91,18 @@ class OpenAIController(Controller):
         return await _complete(resources, principal, engine, body, target, body.single_prompt(), chat=False)
 
     @get("/models", summary="Models this key may use, with lineage")
-    async def list_models(self, resources: Resources, principal: Principal) -> dict[str, Any]:
+    async def list_models(
+        self, resources: NamedDependency[Resources], principal: NamedDependency[Principal]
+    ) -> dict[str, Any]:
         return {"object": "list", "data": await _models(resources, principal)}
 
     @get("/models/{model_id:path}", summary="One model")
-    async def get_model(self, model_id: str, resources: Resources, principal: Principal) -> dict[str, Any]:
+    async def get_model(
+        self,
+        model_id: FromPath[str],
+        resources: NamedDependency[Resources],
+        principal: NamedDependency[Principal],
+    ) -> dict[str, Any]:
         model_id = model_id.lstrip("/")
         for item in await _models(resources, principal):
             if item["id"] == model_id:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 
 from service.auth.dependencies import Principal, provide_principal
 from service.core.state import Resources
@@ -22,6 +23,9 @@ class VerificationController(Controller):
         "/", status_code=200, summary="Compare answers before and after unlearning (rate-limited per tenant)"
     )
     async def create_verification(
-        self, data: VerificationBody, resources: Resources, principal: Principal
+        self,
+        data: JSONBody[VerificationBody],
+        resources: NamedDependency[Resources],
+        principal: NamedDependency[Principal],
     ) -> dict[str, Any]:
         return await verify(resources, principal, data)
