@@ -187,6 +187,7 @@ async def deploy(
             updated_at=utcnow(),
         )
         serving.flip(view)
+    await serving.announce(alias)
     return SwapOutcome(version=version, previous=previous, view=view)
 
 
@@ -308,6 +309,7 @@ async def rollback(
         previous = serving.view(alias)
         view = view_of(alias_now, target)
         serving.flip(view)
+    await serving.announce(alias)
     return SwapOutcome(version=target, previous=previous, view=view)
 
 

@@ -1,11 +1,12 @@
 """This replica's serving state and the reconciler that converges it onto the database.
 
 The database says which version each alias serves (``served_aliases``, with a ``generation`` that
-grows on every change). Each replica polls it every ``reconcile_interval`` seconds (and wakes at once
-after a local change); for an alias whose generation moved it loads the version's adapter first
-(hash checked), then flips the engine alias. A load that fails (file missing on this host, hash
-mismatch) leaves the alias where it was and is retried on the next tick: a replica never serves an
-adapter it could not verify. A restarted replica runs one pass before it accepts requests.
+grows on every change). Each replica polls it every ``reconcile_interval`` seconds, and wakes at once
+when another replica announces a change on Redis pub/sub (a lost message costs one poll). For an
+alias whose generation moved it loads the version's adapter first (hash checked), then flips the
+engine alias. A load that fails (file missing on this host, hash mismatch) leaves the alias where it
+was and is retried on the next tick: a replica never serves an adapter it could not verify. A
+restarted replica runs one pass before it accepts requests.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.deployments.models import AdapterVersion, ServedAlias
 logger = logging.getLogger("obliviate.deployments")
 
 SERVING_KEY = "serving"
+CHANGES_CHANNEL = "obliviate:deployments:changed"
 
 
 def engine_adapter_id(request_id: str | None, version_id: str) -> str:
@@ -158,6 +160,28 @@ class Serving:
             except Exception as exc:  # a database hiccup must not end reconciliation for good
                 logger.warning("reconcile pass failed: %s", type(exc).__name__)
 
+    async def announce(self, alias: str) -> None:
+        """Tell the other replicas to reconcile now (best effort: polling converges anyway)."""
+        try:
+            await self.resources.arq.publish(CHANGES_CHANNEL, alias)
+        except Exception as exc:  # Redis down: the next poll picks the change up
+            logger.warning("could not announce a deployment change: %s", type(exc).__name__)
+
+    async def listen(self) -> None:
+        """Wake the reconciler when another replica announces a change (Redis pub/sub)."""
+        while True:
+            try:
+                async with self.resources.arq.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANGES_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect after a Redis restart; polling covers the gap
+                logger.warning("deployment change listener: %s; retrying", type(exc).__name__)
+                await asyncio.sleep(max(1.0, float(self.settings.reconcile_interval)))
+
     async def auto_deploy_once(self) -> int:
         """Deploy ready requests whose policy is ``auto`` (any replica may; the alias compare-and-set
         makes sure each is deployed once). A request whose evaluation did not pass waits for a human."""
@@ -223,11 +247,16 @@ async def start_reconciler(resources: Resources, stack: AsyncExitStack) -> None:
     serving = Serving(resources)
     resources.extras[SERVING_KEY] = serving
     await serving.reconcile_once()
-    task = asyncio.create_task(serving.run(), name="obliviate-reconciler")
+    tasks = [
+        asyncio.create_task(serving.run(), name="obliviate-reconciler"),
+        asyncio.create_task(serving.listen(), name="obliviate-deployments-listener"),
+    ]
 
     async def _stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     stack.push_async_callback(_stop)

@@ -128,8 +128,9 @@ def test_replicas_converge_and_a_restart_serves_the_same_version(
     gateway_factory: Any, tiny_model: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
     shared = tmp_path / "shared"
-    one: LiveGateway = gateway_factory(data_dir=shared)
-    two: LiveGateway = gateway_factory(data_dir=shared)
+    # Polling alone would take up to 5 s here: following within 1 s is the pub/sub announcement's doing.
+    one: LiveGateway = gateway_factory(data_dir=shared, reconcile_interval=5.0)
+    two: LiveGateway = gateway_factory(data_dir=shared, reconcile_interval=5.0)
     a, b = http(one), http(two)
     rid = one.ready_request(tiny_model[1][3])
     deployed = a.post("/v1/deployments", json={"request_id": rid})
