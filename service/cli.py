@@ -45,6 +45,7 @@ class LazyGroup(click.Group):
     lazy_commands: dict[str, str] = {
         "unlearn": "gpu_runtime.pipeline.cli:unlearn",
         "requests": "service.cli_requests:requests_group",
+        "verify": "service.cli_requests:verify",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -300,3 +300,55 @@ def approve_request(
         else:
             request = client.forget_requests.approve(request_id, reason, gate=gate)
     _print_request(request)
+
+
+@click.command("verify")
+@_client_options
+@click.option("--request", "request_id", default=None, help="Run this request's probes.")
+@click.option("--prompt", "prompts", multiple=True, help="An ad-hoc prompt; repeatable.")
+@click.option(
+    "--anchor", "anchors", multiple=True, help="A term whose appearance counts as a leak; repeatable."
+)
+@click.option("--before", "before_model", default=None, help="Model for 'before' (default: base).")
+@click.option(
+    "--after",
+    "after_model",
+    default=None,
+    help="Model for 'after' (default: the request's adapter, else chat).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON.")
+def verify(url: str, api_key: str | None, request_id: str | None, prompts: tuple[str, ...], anchors: tuple[str, ...],
+           before_model: str | None, after_model: str | None, as_json: bool) -> None:  # fmt: skip
+    """Show what the model said before and says after, side by side, with leak flags."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not request_id and not prompts:
+        raise click.UsageError("give --request ID and/or at least one --prompt")
+    options: dict[str, Any] = {}
+    if before_model:
+        options["before"] = before_model
+    if after_model:
+        options["after"] = after_model
+    with _client(url, api_key) as client:
+        report = client.verifications.create(
+            request_id=request_id, prompts=list(prompts), anchors=list(anchors), **options
+        )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    table = Table(
+        "prompt", f"before ({report['before_model']})", f"after ({report['after_model']})", show_lines=True
+    )
+    for row in report["results"]:
+        cells = []
+        for side in (row["before"], row["after"]):
+            leaks = side["leaks"]
+            flag = "[red]leaks[/]" if leaks["reference"] or leaks["anchors"] else "[green]no leak[/]"
+            probability = side.get("reference_token_probability")
+            extra = f" p(ref)={probability:.2f}" if probability is not None else ""
+            cells.append(f"{side['answer']}\n{flag}{extra}")
+        table.add_row(row["prompt"], *cells)
+    Console().print(table)
+    summary = report["summary"]
+    click.echo(f"verdict: {summary['verdict']} ({summary['changed']}/{summary['prompts']} answers changed)")

@@ -599,11 +599,16 @@ class Verifications:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def create(self, *, request_id: str | None = None, prompts: Sequence[str] = (), **options: Any) -> Any:
-        body: dict[str, Any] = {"prompts": list(prompts), **options}
-        if request_id is not None:
-            body["request_id"] = request_id
-        return self._client.json(r.Call("POST", "/v1/verifications", json=body))
+    def create(
+        self,
+        *,
+        request_id: str | None = None,
+        prompts: Sequence[str | Mapping[str, Any]] = (),
+        anchors: Sequence[str] = (),
+        **options: Any,
+    ) -> Any:
+        """Before/after answers side by side for a request's probes and/or ad-hoc prompts."""
+        return self._client.json(r.verification_call(request_id, prompts, anchors, options))
 
 
 class AsyncVerifications:
@@ -611,9 +616,12 @@ class AsyncVerifications:
         self._client = client
 
     async def create(
-        self, *, request_id: str | None = None, prompts: Sequence[str] = (), **options: Any
+        self,
+        *,
+        request_id: str | None = None,
+        prompts: Sequence[str | Mapping[str, Any]] = (),
+        anchors: Sequence[str] = (),
+        **options: Any,
     ) -> Any:
-        body: dict[str, Any] = {"prompts": list(prompts), **options}
-        if request_id is not None:
-            body["request_id"] = request_id
-        return await self._client.json(r.Call("POST", "/v1/verifications", json=body))
+        """Before/after answers side by side for a request's probes and/or ad-hoc prompts."""
+        return await self._client.json(r.verification_call(request_id, prompts, anchors, options))

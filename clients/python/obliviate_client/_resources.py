@@ -133,6 +133,19 @@ def decision_body(decision: str, reason: str, gate: str | None) -> dict[str, Any
     return body
 
 
+def verification_call(
+    request_id: str | None,
+    prompts: Sequence[str | Mapping[str, Any]],
+    anchors: Sequence[str],
+    options: Mapping[str, Any],
+) -> Call:
+    items = [{"prompt": p} if isinstance(p, str) else dict(p) for p in prompts]
+    body: dict[str, Any] = {"prompts": items, "anchors": list(anchors), **options}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return Call("POST", "/v1/verifications", json=body)
+
+
 def parse_event(sse: ServerSentEvent) -> RequestEvent:
     try:
         payload = json.loads(sse.data) if sse.data else {}
