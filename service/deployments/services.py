@@ -85,19 +85,6 @@ async def _compare_and_set(session: AsyncSession, alias: str, generation: int, v
     return generation + 1
 
 
-async def served_adapter(resources: Resources, alias: str) -> tuple[str, str] | None:
-    """(path, sha256) of what ``alias`` serves according to the database, None for the base model.
-
-    The orchestration hands this path to the pipeline, which composes the new request's delta onto it.
-    """
-    async with resources.sessionmaker() as session:
-        row = await session.get(ServedAlias, alias)
-        if row is None or row.version_id is None:
-            return None
-        version = await session.get(AdapterVersion, row.version_id)
-    return (version.path, version.sha256) if version is not None else None
-
-
 async def deploy(
     resources: Resources, request_id: str, *, principal: Principal | None, alias: str | None = None
 ) -> SwapOutcome:
