@@ -23,7 +23,7 @@ from service.core.errors import BadRequest, ServiceError, error_body
 from service.core.state import Resources
 from service.deployments.serving import fingerprint, get_serving
 from service.gateway import openai_format as fmt
-from service.gateway.errors import map_engine_error
+from service.gateway.errors import ModelNotFound, map_engine_error
 from service.gateway.names import ADAPTER_PREFIX, Target, can_use_base, resolve
 from service.gateway.runtime import BASE_MODEL_NAME, get_engine
 from service.gateway.schemas import ChatCompletionBody, CompletionBody, Sampling, parse_body, sampling_of
@@ -107,8 +107,6 @@ class OpenAIController(Controller):
         for item in await _models(resources, principal):
             if item["id"] == model_id:
                 return item
-        from service.gateway.errors import ModelNotFound
-
         raise ModelNotFound(model_id)
 
 
