@@ -203,6 +203,17 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def _demo_code_hash() -> str:
+    """The demo model's tokenizer and architecture sources: a change there invalidates the cache."""
+    import gpu_runtime.demo.model as demo_model
+    import gpu_runtime.demo.tokenizer as demo_tokenizer
+
+    h = hashlib.sha256()
+    for module in (demo_model, demo_tokenizer):
+        h.update(Path(str(module.__file__)).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _publish_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
@@ -214,7 +225,15 @@ def build_tokenizer(records: Sequence[Record], vocab_size: int, cache_dir: Path)
     from gpu_runtime.demo.tokenizer import train_tokenizer
 
     corpus = [f"{r.question} {r.answer}" for r in records]
-    key = _sha({"kind": "tofu-tokenizer", "v": TRAIN_FORMAT, "corpus": corpus, "vocab": vocab_size})
+    key = _sha(
+        {
+            "kind": "tofu-tokenizer",
+            "v": TRAIN_FORMAT,
+            "corpus": corpus,
+            "vocab": vocab_size,
+            "code": _demo_code_hash(),
+        }
+    )
     target = cache_dir / f"tofu-tok-{key[:16]}"
     if (target / "tokenizer.json").is_file():
         return target
@@ -255,6 +274,7 @@ def train_base_model(
             "pairs": pairs,
             "tokenizer": tok_hash,
             "cfg": asdict(cfg),
+            "code": _demo_code_hash(),
             "torch": torch.__version__.split("+")[0],
         }
     )

@@ -286,3 +286,26 @@ def test_rows_table_and_target_check() -> None:
     assert checks["baselines_better_on_both"] == ["ga"]
     table = format_table(rows)
     assert table.splitlines()[0].startswith("| method") and "| whp |" in table
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference models: trained once, then found in the cache
+
+
+def test_base_model_training_is_cached(tmp_path: Path) -> None:
+    from bench.quality import BaseTrainConfig, build_tokenizer, load_model, load_tokenizer, train_base_model
+
+    recs = [Record(f"Who is person {i}?", f"Person {i} is a baker in town {i}.", "s") for i in range(4)]
+    tok_dir = build_tokenizer(recs, 300, tmp_path)
+    assert build_tokenizer(recs, 300, tmp_path) == tok_dir
+    cfg = BaseTrainConfig(n_embd=32, n_layer=1, n_head=2, vocab_size=300, epochs=1, batch_size=4)
+    model_dir = train_base_model(recs, tok_dir, cfg, tmp_path, "t")
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert train_base_model(recs, tok_dir, cfg, tmp_path, "t") == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    other = train_base_model(recs[:2], tok_dir, cfg, tmp_path, "t")
+    assert other != model_dir
+    tok = load_tokenizer(model_dir)
+    ids, start = encode_qa(tok, recs[0].question, recs[0].answer)
+    assert 0 < start < len(ids) and ids[-1] == tok.eos_token_id
+    assert load_model(model_dir).config.hidden_size == 32
