@@ -2,7 +2,7 @@
 
 Trains a "finetuned" model on the chosen authors (forget + retain) and a "retain-only" model on the
 retain authors (both cached by content hash, sharing one tokenizer), unlearns the forget authors
-with WHP through the real pipeline (``gpu_runtime.pipeline`` stage functions) and with gradient
+with WHP through the real pipeline (``gpu_runtime.pipeline.run.run_stage``) and with gradient
 ascent, gradient difference and NPO (LoRA, same adapter, epochs, batch size and retain batches as
 WHP's unlearn stage), and reports TOFU's forget quality and model utility per method.
 
@@ -708,7 +708,11 @@ def _selection(args: argparse.Namespace) -> Selection:
         if args.forget_subjects:
             return select(records, args.forget_subjects, args.authors or None)
         return select_split(records, args.split, args.authors or None)
-    records = load_tofu(Path(args.data_dir))
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_absolute() and not data_dir.is_dir():
+        # The default is relative to the repository, wherever the command runs from.
+        data_dir = Path(__file__).resolve().parents[1] / data_dir
+    records = load_tofu(data_dir)
     if args.forget_subjects:
         return select(records, args.forget_subjects, args.authors or None)
     return select_split(records, args.split, args.authors or None)
@@ -716,7 +720,11 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default="../shared/data/tofu", help="TOFU directory (relative to the cwd)")
+    p.add_argument(
+        "--data-dir",
+        default="../shared/data/tofu",
+        help="TOFU directory (relative: to the cwd, else to the repository)",
+    )
     p.add_argument("--data", default=None, help="any JSON list of records instead of TOFU")
     p.add_argument(
         "--subject-from-order", action="store_true", help="with --data: 20 pairs per subject by order"
