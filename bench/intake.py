@@ -5,6 +5,9 @@ worker, no model), then fires small POSTs with unique Idempotency-Keys from an a
 fixed concurrency for a bounded time. Prints a table and writes JSON.
 
     .venv/bin/python bench/intake.py --seconds 10 --concurrency 32 --out bench/out/intake.json
+
+``--against REF`` first measures the service code of git revision REF (exported to a temporary
+directory), then the working tree, back to back under the same load, and reports both.
 """
 
 from __future__ import annotations
@@ -83,20 +86,18 @@ async def _load(base: str, key: str, seconds: float, concurrency: int) -> tuple[
     return latencies, errors
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/intake.json"))
-    args = parser.parse_args()
+def _measure(args: argparse.Namespace, source: Path | None) -> dict[str, object]:
+    """Start a server (from ``source``, or this checkout), load it, stop it; returns the numbers."""
     data_dir = Path(tempfile.mkdtemp(prefix="obliviate-bench-"))
     port = _free_port()
     env = {**os.environ, "OBLIVIATE_ENGINE": "none"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(data_dir), str(port), os.environ.get("REDIS_URL", "")],
         stdout=subprocess.PIPE,
         env=env,
+        cwd=source,
         text=True,
     )
     try:
@@ -117,25 +118,51 @@ def main() -> None:
         server.terminate()
         server.wait(15)
     latencies.sort()
-    result = {
+    return {
+        "code": args.against if source is not None else "working tree",
         "requests": len(latencies),
         "errors": errors,
         "seconds": round(elapsed, 2),
         "requests_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, 2),
         "concurrency": args.concurrency,
         "database": "sqlite",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"{'requests':>10} {'errors':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  concurrency")
-    print(
-        f"{result['requests']:>10} {errors:>7} {result['requests_per_s']:>9} "
-        f"{result['p50_ms']:>8} {result['p99_ms']:>8}  {args.concurrency}"
-    )
+
+
+def _export(ref: str) -> Path:
+    """The ``service`` package of git revision ``ref`` in a temporary directory."""
+    target = Path(tempfile.mkdtemp(prefix="obliviate-bench-ref-"))
+    archive = subprocess.run(["git", "archive", ref, "service"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/intake.json"))
+    parser.add_argument("--against", metavar="REF", help="also measure this git revision, first")
+    args = parser.parse_args()
+    results = []
+    if args.against:
+        results.append(_measure(args, _export(args.against)))
+    results.append(_measure(args, None))
+    print(f"{'code':>14} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  load")
+    for result in results:
+        print(
+            f"{str(result['code'])[:14]:>14} {result['requests']:>9} {result['errors']:>7} "
+            f"{result['requests_per_s']:>8} {result['p50_ms']:>8} {result['p99_ms']:>8}  "
+            f"{result['load_average']}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Append to and verify the audit hash chain.
 
 ``hash = sha256(canonical JSON of (seq, tenant, request_id, action, actor, data, created_at, prev_hash))``.
-Appending first bumps the single head row, which takes the write lock (a row lock on PostgreSQL, the
-database lock on SQLite) before the previous hash is read, so concurrent writers cannot fork the chain.
+Appending first bumps the single head row with ``UPDATE ... RETURNING``, which takes the write lock (a
+row lock on PostgreSQL, the database lock on SQLite) and reads the previous hash in one statement, so
+concurrent writers cannot fork the chain. ``append_many`` reserves several sequence numbers at once
+(intake writes a whole batch of requests in one transaction).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.models import GENESIS_HASH, AuditEvent, AuditHead
@@ -49,6 +51,76 @@ def event_hash(
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append: everything but its place in the chain."""
+
+    action: str
+    actor: str
+    tenant: str | None = None
+    request_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+async def _reserve(session: AsyncSession, count: int) -> tuple[int, str]:
+    """Bump the head by ``count``; returns (first new seq, hash of the event before it)."""
+    head = (
+        await session.execute(
+            update(AuditHead)
+            .where(AuditHead.id == 1)
+            .values(seq=AuditHead.seq + count)
+            .returning(AuditHead.seq, AuditHead.hash),
+            execution_options={"synchronize_session": False},
+        )
+    ).one()
+    # RETURNING gives the new seq and the hash not yet moved on: the last event's.
+    return int(head.seq) - count + 1, str(head.hash)
+
+
+def _link(event: NewEvent, seq: int, prev: str) -> dict[str, Any]:
+    payload = _plain(event.data)
+    created = utcnow()
+    digest = event_hash(
+        seq=seq,
+        tenant=event.tenant,
+        request_id=event.request_id,
+        action=event.action,
+        actor=event.actor,
+        data=payload,
+        created_at=created,
+        prev_hash=prev,
+    )
+    return {
+        "seq": seq,
+        "tenant": event.tenant,
+        "request_id": event.request_id,
+        "action": event.action,
+        "actor": event.actor,
+        "data": payload,
+        "created_at": created,
+        "prev_hash": prev,
+        "hash": digest,
+    }
+
+
+async def append_many(session: AsyncSession, events: Sequence[NewEvent]) -> list[str]:
+    """Append ``events`` in order inside the caller's transaction; returns their hashes."""
+    if not events:
+        return []
+    seq, prev = await _reserve(session, len(events))
+    rows: list[dict[str, Any]] = []
+    for offset, event in enumerate(events):
+        row = _link(event, seq + offset, prev)
+        rows.append(row)
+        prev = row["hash"]
+    await session.execute(insert(AuditEvent.__table__), rows)
+    await session.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(hash=prev),
+        execution_options={"synchronize_session": False},
+    )
+    return [row["hash"] for row in rows]
+
+
 async def append(
     session: AsyncSession,
     *,
@@ -59,35 +131,14 @@ async def append(
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Add one event to the chain inside the caller's transaction (commit is the caller's)."""
-    payload = _plain(data or {})
-    # Bump the head first: this statement takes the lock that serialises chain writers.
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
-    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
-    seq, prev = int(head.seq), str(head.hash)
-    created = utcnow()
-    digest = event_hash(
-        seq=seq,
-        tenant=tenant,
-        request_id=request_id,
-        action=action,
-        actor=actor,
-        data=payload,
-        created_at=created,
-        prev_hash=prev,
-    )
-    event = AuditEvent(
-        seq=seq,
-        tenant=tenant,
-        request_id=request_id,
-        action=action,
-        actor=actor,
-        data=payload,
-        created_at=created,
-        prev_hash=prev,
-        hash=digest,
-    )
+    seq, prev = await _reserve(session, 1)
+    row = _link(NewEvent(action, actor, tenant, request_id, data or {}), seq, prev)
+    event = AuditEvent(**row)
     session.add(event)
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
+    await session.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(hash=row["hash"]),
+        execution_options={"synchronize_session": False},
+    )
     return event
 
 

@@ -24,12 +24,12 @@ from litestar.params import Body, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import select
 
-from service.artifacts.store import ArtifactStore
+from service.artifacts.store import INPUT, SPEC_FILE, ArtifactStore
 from service.audit import certificate as certificates
 from service.audit import chain
 from service.audit.signing import Signer
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
-from service.core.errors import PayloadTooLarge, Unprocessable
+from service.core.errors import Conflict, PayloadTooLarge, Unprocessable
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.forget import idempotency, intake
@@ -48,6 +48,7 @@ from service.forget.schemas import (
     UploadMetadata,
 )
 from service.forget.views import BASE, to_out
+from service.forget.writer import IntakeWriter
 
 SUBMIT = require_role(Role.SUBMITTER)
 REVIEW = require_role(Role.REVIEWER)
@@ -76,29 +77,69 @@ def _created_response(body: dict[str, Any], status_code: int, replayed: bool) ->
     return Response(body, status_code=status_code, headers=headers)
 
 
+def _writer(resources: Resources) -> IntakeWriter:
+    writer: IntakeWriter | None = resources.extras.get("intake_writer")
+    if writer is None:  # apps built without the forget start-up hook (tests of other domains)
+        writer = resources.extras["intake_writer"] = IntakeWriter(resources.sessionmaker, resources.engine)
+    return writer
+
+
+def _in_flight(resources: Resources) -> idempotency.InFlight:
+    registry: idempotency.InFlight = resources.extras.setdefault(
+        "idempotency_in_flight", idempotency.InFlight()
+    )
+    return registry
+
+
+# Corpora larger than this are written from a thread, so a big upload does not stall the event loop.
+_INLINE_SPEC_BYTES = 64 * 1024
+
+
 async def _create(
     resources: Resources, principal: Principal, checked: intake.Intake, key: str, body_hash: str
 ) -> Response[dict[str, Any]]:
-    replay = await idempotency.begin(
-        resources.sessionmaker, resources.settings, tenant=principal.tenant, key=key, body_hash=body_hash
-    )
-    if replay is not None:
-        return _created_response(replay.body, replay.status_code, replayed=True)
+    settings = resources.settings
+    store = _store(resources)
+    in_flight = _in_flight(resources)
+    in_flight.enter(principal.tenant, key, body_hash)
     try:
-        async with resources.sessionmaker() as session:
-            row = await intake.create(
-                session, checked, principal=principal, settings=resources.settings, store=_store(resources)
+        for _ in range(3):
+            prepared = intake.prepare(checked, principal=principal, settings=settings)
+            body: dict[str, Any] = msgspec.to_builtins(to_out(prepared.row, due_soon_s=settings.due_soon_s))
+            # The corpus is stored before its row exists: a crash in between leaves an orphan
+            # folder, never a request without its corpus.
+            if checked.corpus_bytes > _INLINE_SPEC_BYTES:
+                await asyncio.to_thread(store.put_json, prepared.request_id, INPUT, SPEC_FILE, prepared.spec)
+            else:
+                store.put_json(prepared.request_id, INPUT, SPEC_FILE, prepared.spec)
+            record = idempotency.record_row(
+                settings,
+                tenant=principal.tenant,
+                key=key,
+                body_hash=body_hash,
+                body=body,
+                request_id=prepared.request_id,
             )
-            body: dict[str, Any] = msgspec.to_builtins(to_out(row, due_soon_s=resources.settings.due_soon_s))
-            await idempotency.complete(
-                session, tenant=principal.tenant, key=key, status_code=202, body=body, request_id=row.id
+            try:
+                created = await _writer(resources).submit(prepared, key=key, idempotency=record)
+            except BaseException:
+                store.purge(prepared.request_id, (INPUT,))
+                raise
+            if created:
+                _kick_relay(resources)
+                return _created_response(body, 202, replayed=False)
+            # Another process stored this key first: drop our copy of the corpus and answer as it says.
+            store.purge(prepared.request_id, (INPUT,))
+            replay = await idempotency.resolve(
+                resources.sessionmaker, settings, tenant=principal.tenant, key=key, body_hash=body_hash
             )
-            await session.commit()
-    except BaseException:
-        await asyncio.shield(idempotency.release(resources.sessionmaker, tenant=principal.tenant, key=key))
-        raise
-    _kick_relay(resources)
-    return _created_response(body, 202, replayed=False)
+            if replay is not None:
+                return _created_response(replay.body, replay.status_code, replayed=True)
+    finally:
+        in_flight.leave(principal.tenant, key)
+    raise Conflict(
+        "Idempotency-Key is contended; retry shortly", param=idempotency.HEADER, code="idempotency_in_flight"
+    )
 
 
 def _encode_cursor(request_id: str) -> str:

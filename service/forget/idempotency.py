@@ -1,16 +1,22 @@
 """Idempotency-Key handling (IETF draft "The Idempotency-Key HTTP Header Field").
 
-Per tenant and key: the first request records the body's hash as *in flight* (committed at once, so
-a concurrent retry sees it); its outcome is stored in the same transaction that creates the forget
-request. Then: same key + same body replays that response; same key + another body is a 422; a retry
-while the first is still running is a 409. Records live ``settings.idempotency_ttl_s`` (≥ 24 h); an
-in-flight record older than ``idempotency_lock_s`` belonged to a request that died and may be taken over.
+Per tenant and key, the record is inserted *with its response* in the transaction that creates the
+forget request (one commit per POST; see ``service.forget.writer``), so a key can never name a request
+that does not exist, nor survive a failed one. Then: same key + same body replays that response; same
+key + another body is a 422; a retry while the first is still running in this process is a 409 (the
+:class:`InFlight` registry). A retry racing the first from *another* process waits for the first's
+commit (database lock or unique index) and then replays it. Records live ``settings.idempotency_ttl_s``
+(≥ 24 h).
+
+Operations that cannot write their record in their own transaction use the two-phase claim at the
+bottom (``begin``: an ``in_flight`` record committed at once; ``complete`` or ``release`` after). An
+in-flight record older than ``idempotency_lock_s`` belonged to a request that died and is taken over.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -43,6 +49,108 @@ def check_key(key: str | None) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise Unprocessable(f"{HEADER} is longer than {MAX_KEY_LENGTH} characters", param=HEADER)
     return key
+
+
+def _in_flight_error() -> Conflict:
+    return Conflict(
+        "A request with this Idempotency-Key is still being processed; retry shortly",
+        param=HEADER,
+        code="idempotency_in_flight",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _reused_error() -> Unprocessable:
+    return Unprocessable(
+        f"This {HEADER} was already used with a different request body; use a new key",
+        param=HEADER,
+        code="idempotency_key_reused",
+    )
+
+
+class InFlight:
+    """Keys whose first request is running in this process: a concurrent retry is answered at once.
+
+    Holding the key here before any database work also means duplicates never queue for the
+    database write lock behind the request they repeat.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, str], str] = {}
+
+    def enter(self, tenant: str, key: str, body_hash: str) -> None:
+        """Mark the key as running; 409 (same body) or 422 (another body) if it already is."""
+        running = self._running.get((tenant, key))
+        if running is not None:
+            raise _in_flight_error() if running == body_hash else _reused_error()
+        self._running[(tenant, key)] = body_hash
+
+    def leave(self, tenant: str, key: str) -> None:
+        self._running.pop((tenant, key), None)
+
+
+async def resolve(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    tenant: str,
+    key: str,
+    body_hash: str,
+) -> Replay | None:
+    """What a key already stored means: the response to replay, or None (absent, expired or dead).
+
+    Raises 422 for another body and 409 for a live in-flight record of an earlier version.
+    """
+    now = utcnow()
+    async with sessionmaker() as session:
+        record = await session.get(IdempotencyRecord, (tenant, key))
+        if record is None:
+            return None
+        if record.expires_at <= now:
+            await _drop(session, tenant, key, record.created_at)
+            return None
+        if record.body_hash != body_hash:
+            raise _reused_error()
+        if record.state == "done" and record.response_status is not None:
+            return Replay(record.response_status, record.response_body or {})
+        if now - record.created_at < timedelta(seconds=settings.idempotency_lock_s):
+            raise _in_flight_error()
+        # An in-flight claim whose request died: drop it (compare-and-set on its timestamp).
+        await _drop(session, tenant, key, record.created_at)
+        return None
+
+
+async def _drop(session: AsyncSession, tenant: str, key: str, created_at: datetime) -> None:
+    await session.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.tenant == tenant,
+            IdempotencyRecord.key == key,
+            IdempotencyRecord.created_at == created_at,
+        )
+    )
+    await session.commit()
+
+
+def record_row(
+    settings: Settings, *, tenant: str, key: str, body_hash: str, body: dict[str, Any], request_id: str
+) -> dict[str, Any]:
+    """The ``idempotency_keys`` row stored with a new request (its response included)."""
+    now = utcnow()
+    return {
+        "tenant": tenant,
+        "key": key,
+        "body_hash": body_hash,
+        "state": "done",
+        "response_status": 202,
+        "response_body": body,
+        "request_id": request_id,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=settings.idempotency_ttl_s),
+    }
+
+
+# --- Two-phase claim, for operations that cannot share one transaction with their record
+# (deployments: a rollback runs, then its response is stored).
 
 
 async def begin(

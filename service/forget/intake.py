@@ -1,7 +1,8 @@
-"""Intake: check a new request against the limits, store its corpus, and create it (queued, with its job).
+"""Intake: check a new request against the limits and prepare its rows (queued, with its first job).
 
 The corpus goes to the artifact store; the database keeps its SHA-256 and sizes only. The hash uses
 the pipeline's canonical encoding, so the certificate's corpus hash matches what the worker trains on.
+Everything here is CPU work without I/O; ``service.forget.writer`` inserts the rows, batched.
 """
 
 from __future__ import annotations
@@ -11,19 +12,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from service import jobs
-from service.artifacts.store import INPUT, SPEC_FILE, ArtifactStore
-from service.audit import chain
+from service.audit.chain import NewEvent
 from service.auth.keys import Principal
 from service.core.errors import PayloadTooLarge, Unprocessable
 from service.db.base import utcnow
 from service.forget.lifecycle import Status
-from service.forget.models import ForgetRequest, RequestEvent
+from service.forget.models import ForgetRequest
 from service.forget.schemas import CreateForgetRequest
 from service.forget.service import add_months, new_request_id
-from service.orchestration.outbox import add_job
+from service.orchestration.outbox import job_id_for
 from service.settings import Settings
 
 
@@ -92,15 +90,26 @@ def _gates(body: CreateForgetRequest, settings: Settings) -> list[str]:
     return sorted(set(chosen))
 
 
-async def create(
-    session: AsyncSession,
-    intake: Intake,
-    *,
-    principal: Principal,
-    settings: Settings,
-    store: ArtifactStore,
-) -> ForgetRequest:
-    """Store the corpus, then insert the request as queued with its first job (the caller commits)."""
+@dataclass
+class Prepared:
+    """A new request as rows to insert together (the idempotency row is added by the caller)."""
+
+    request_id: str
+    tenant: str
+    row: ForgetRequest  # transient: rendered for the response, inserted as ``request``
+    request: dict[str, Any]
+    event: dict[str, Any]
+    audit: list[NewEvent]
+    outbox: dict[str, Any]
+    spec: dict[str, Any]  # the corpus and hints, for the artifact store (never logged)
+
+
+def _columns(row: ForgetRequest) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in ForgetRequest.__table__.columns}
+
+
+def prepare(intake: Intake, *, principal: Principal, settings: Settings) -> Prepared:
+    """Build the queued request, its event, its two audit links and its first job."""
     body = intake.body
     gates = _gates(body, settings)
     request_id = new_request_id()
@@ -114,9 +123,6 @@ async def create(
         ],
         "retain_texts": list(body.retain_examples),
     }
-    # Written before the row exists: a crash in between leaves an orphan folder, never a request
-    # without its corpus.
-    store.put_json(request_id, INPUT, SPEC_FILE, spec)
     options: dict[str, Any] = {
         "deploy_policy": body.options.deploy_policy,
         "target_alias": body.options.target_alias,
@@ -150,39 +156,45 @@ async def create(
         updated_at=now,
         due_at=add_months(now, 1),
     )
-    session.add(row)
-    session.add(
-        RequestEvent(
+    transition = {"status": "queued", "from": "received"}
+    audit = [
+        NewEvent(
+            action="request.received",
+            actor=principal.actor,
+            tenant=principal.tenant,
             request_id=request_id,
-            kind="status",
-            data={"status": "queued", "from": "received"},
-            created_at=now,
-        )
-    )
-    await session.flush()
-    await chain.append(
-        session,
-        action="request.received",
-        actor=principal.actor,
-        tenant=principal.tenant,
+            data={
+                "corpus_sha256": intake.corpus_hash,
+                "corpus_bytes": intake.corpus_bytes,
+                "documents": row.document_count,
+                "hints": row.hint_count,
+                "probes": len(row.probes),
+                "gates": gates,
+                "due_at": row.due_at.isoformat(),
+            },
+        ),
+        NewEvent(
+            action="status.queued",
+            actor=principal.actor,
+            tenant=principal.tenant,
+            request_id=request_id,
+            data=dict(transition),
+        ),
+    ]
+    return Prepared(
         request_id=request_id,
-        data={
-            "corpus_sha256": intake.corpus_hash,
-            "corpus_bytes": intake.corpus_bytes,
-            "documents": row.document_count,
-            "hints": row.hint_count,
-            "probes": len(row.probes),
-            "gates": gates,
-            "due_at": row.due_at.isoformat(),
+        tenant=principal.tenant,
+        row=row,
+        request=_columns(row),
+        event={"request_id": request_id, "kind": "status", "data": transition, "created_at": now},
+        audit=audit,
+        outbox={
+            "request_id": request_id,
+            "job_name": jobs.REINFORCE,
+            "job_id": job_id_for(request_id, jobs.REINFORCE, 1),
+            "args": [request_id, jobs.REINFORCE, 1],
+            "created_at": now,
+            "attempts": 0,
         },
+        spec=spec,
     )
-    await chain.append(
-        session,
-        action="status.queued",
-        actor=principal.actor,
-        tenant=principal.tenant,
-        request_id=request_id,
-        data={"status": "queued", "from": "received"},
-    )
-    add_job(session, request_id, jobs.REINFORCE, 1)
-    return row

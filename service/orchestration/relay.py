@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from service.core.state import Resources
 from service.db.base import utcnow
+from service.db.engine import write_session
 from service.orchestration.models import OutboxEntry
 
 logger = logging.getLogger("obliviate.relay")
@@ -23,28 +24,39 @@ async def dispatch_once(resources: Resources) -> int:
     """Enqueue every pending row once; returns how many were dispatched."""
     async with resources.sessionmaker() as session:
         rows = (
-            await session.scalars(
-                select(OutboxEntry)
+            await session.execute(
+                select(OutboxEntry.id, OutboxEntry.job_name, OutboxEntry.job_id, OutboxEntry.args)
                 .where(OutboxEntry.dispatched_at.is_(None))
                 .order_by(OutboxEntry.id)
                 .limit(BATCH)
             )
         ).all()
-        done: list[int] = []
-        for row in rows:
-            try:
-                await resources.arq.enqueue_job(row.job_name, *row.args, _job_id=row.job_id)
-            except Exception as exc:  # Redis away: keep the row, note why, try later
-                row.attempts += 1
-                row.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                logger.warning("outbox relay could not enqueue %s: %s", row.job_id, type(exc).__name__)
-                break
-            done.append(row.id)
-        if done:
-            await session.execute(
-                update(OutboxEntry).where(OutboxEntry.id.in_(done)).values(dispatched_at=utcnow())
-            )
-        await session.commit()
+    # The read transaction is closed before Redis is called: on SQLite a read transaction that
+    # later writes fails with SQLITE_BUSY if anyone committed in between, and on PostgreSQL it would
+    # sit idle in transaction while Redis answers.
+    done: list[int] = []
+    failure: tuple[int, str] | None = None
+    for row in rows:
+        try:
+            await resources.arq.enqueue_job(row.job_name, *row.args, _job_id=row.job_id)
+        except Exception as exc:  # Redis away: keep the row, note why, try later
+            failure = (row.id, f"{type(exc).__name__}: {exc}"[:500])
+            logger.warning("outbox relay could not enqueue %s: %s", row.job_id, type(exc).__name__)
+            break
+        done.append(row.id)
+    if done or failure is not None:
+        async with write_session(resources.sessionmaker, resources.engine) as session:
+            if done:
+                await session.execute(
+                    update(OutboxEntry).where(OutboxEntry.id.in_(done)).values(dispatched_at=utcnow())
+                )
+            if failure is not None:
+                await session.execute(
+                    update(OutboxEntry)
+                    .where(OutboxEntry.id == failure[0])
+                    .values(attempts=OutboxEntry.attempts + 1, last_error=failure[1])
+                )
+            await session.commit()
     return len(done)
 
 

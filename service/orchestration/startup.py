@@ -1,4 +1,4 @@
-"""Start-up hook of the forget domain: artifact store, signing key, outbox relay and sweeper tasks."""
+"""Start-up hook of the forget domain: artifact store, signing key, intake writer, outbox relay, sweeper."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 from service.artifacts.store import store_for
 from service.audit.signing import load_signer
 from service.core.state import Resources
+from service.forget.writer import IntakeWriter
 from service.orchestration import sweeper
 from service.orchestration.relay import Relay
 
@@ -16,6 +17,8 @@ from service.orchestration.relay import Relay
 async def start(resources: Resources, stack: AsyncExitStack) -> None:
     resources.extras["artifacts"] = store_for(resources.settings)
     resources.extras["signer"] = await asyncio.to_thread(load_signer, resources.settings)
+    writer = IntakeWriter(resources.sessionmaker, resources.engine)
+    resources.extras["intake_writer"] = writer
     relay = Relay(resources)
     resources.extras["relay_kick"] = relay.kick
     tasks = [
@@ -29,5 +32,7 @@ async def start(resources: Resources, stack: AsyncExitStack) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Requests already accepted finish their commit before the engine is disposed.
+        await writer.close()
 
     stack.push_async_callback(stop)
