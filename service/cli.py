@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, settings_env
 
 
 def _settings_from(data_dir: Path | None, **overrides: Any) -> Settings:
@@ -133,13 +133,7 @@ def worker(data_dir: Path | None, burst: bool, max_jobs: int) -> None:
 
 
 def _spawn_workers(count: int, settings: Settings, redis_url: str) -> list[subprocess.Popen[bytes]]:
-    env = dict(os.environ)
-    env["OBLIVIATE_REDIS_URL"] = redis_url
-    env["OBLIVIATE_DATA_DIR"] = str(settings.data_dir)
-    if settings.database_url:
-        env["OBLIVIATE_DATABASE_URL"] = settings.database_url
-    if settings.base_model:
-        env["OBLIVIATE_BASE_MODEL"] = str(settings.base_model)
+    env = settings_env(settings.model_copy(update={"redis_url": redis_url}))
     return [
         subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, stdin=subprocess.DEVNULL)
         for _ in range(count)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -64,12 +66,18 @@ class Settings(BaseSettings):
         description="Inference engine: `inprocess` loads the model in the API process; `none` serves no model "
         "(intake-only replicas; the OpenAI-compatible routes answer 503).",
     )
-    engine_max_batch: int = Field(default=16, ge=1, description="Most requests decoded together in one batch.")
+    engine_max_batch: int = Field(
+        default=16, ge=1, description="Most requests decoded together in one batch."
+    )
     engine_max_queue: int = Field(
-        default=64, ge=1, description="Requests waiting for a batch slot before new ones get 429 + Retry-After."
+        default=64,
+        ge=1,
+        description="Requests waiting for a batch slot before new ones get 429 + Retry-After.",
     )
     engine_adapter_capacity: int = Field(
-        default=8, ge=1, description="LoRA adapters kept loaded at once (least recently used idle one evicted)."
+        default=8,
+        ge=1,
+        description="LoRA adapters kept loaded at once (least recently used idle one evicted).",
     )
     engine_max_tokens: int = Field(
         default=256, ge=1, description="Completion length when a request does not set max_tokens."
@@ -133,6 +141,38 @@ class Settings(BaseSettings):
     auth_cache_s: float = Field(
         default=10.0, ge=0, description="API-key lookups are cached this long (a revoked key dies within it)."
     )
+    # --- human review (service/review) -----------------------------------------------------------
+    review_overlap: int = Field(
+        default=1, ge=1, le=9, description="Reviewers per task (majority decides; agreement is recorded)."
+    )
+    review_task_time_limit_s: float = Field(
+        default=900.0, gt=0, description="A claimed task not answered within this is reassigned."
+    )
+    review_gate_deadline_s: float = Field(
+        default=2 * 24 * 3600.0, gt=0, description="An open review gate past this is escalated (audited)."
+    )
+    review_interval_s: float = Field(
+        default=2.0, gt=0, description="How often gates are opened, claims expired and deadlines checked."
+    )
+    review_max_tasks: int = Field(
+        default=50, ge=1, description="Most tasks per gate (target blocks, evaluation probes)."
+    )
+    review_anchor_max_passages: int = Field(
+        default=12, ge=1, description="Passages shown in an anchor review task."
+    )
+    review_min_control_accuracy: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Reviewers scoring below this on control tasks (3 or more answered) do not count in majorities.",
+    )
+    review_cookie_secure: bool = Field(
+        default=True,
+        description="Mark the review UI's session cookie Secure (HTTPS only; loopback is exempt).",
+    )
+    review_session_ttl_s: float = Field(
+        default=8 * 3600.0, gt=0, description="How long a review UI sign-in lasts."
+    )
 
     @field_validator("data_dir", "model_cache_dir", "signing_key_path", mode="after")
     @classmethod
@@ -159,6 +199,35 @@ def normalise_database_url(url: str) -> str:
     if url.startswith("sqlite://") and not url.startswith("sqlite+"):
         return "sqlite+aiosqlite://" + url[len("sqlite://") :]
     return url
+
+
+_ENV_NAMES = {
+    "database_url": "OBLIVIATE_DATABASE_URL",
+    "redis_url": "OBLIVIATE_REDIS_URL",
+    "model_cache_dir": "OBLIVIATE_MODEL_CACHE",
+}
+_FOREIGN_ENV = ("DATABASE_URL", "REDIS_URL")
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment that makes a child process (a worker) read exactly ``settings``.
+
+    Inherited ``OBLIVIATE_*``, ``DATABASE_URL`` and ``REDIS_URL`` variables are dropped first: a
+    parent started with settings given in code must not hand its children the shell's database.
+    """
+    env = {
+        key: value
+        for key, value in (base if base is not None else dict(os.environ)).items()
+        if not key.upper().startswith("OBLIVIATE_") and key.upper() not in _FOREIGN_ENV
+    }
+    values = settings.model_dump(mode="json")
+    values["database_url"] = settings.resolved_database_url
+    for name, value in values.items():
+        if value is None:
+            continue
+        env_name = _ENV_NAMES.get(name, f"OBLIVIATE_{name.upper()}")
+        env[env_name] = value if isinstance(value, str) else json.dumps(value)
+    return env
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# Imported first so it captures DATABASE_URL / REDIS_URL before any test builds Settings().
+import tests.support.infra  # noqa: F401
+
 if TYPE_CHECKING:
     from gpu_runtime.demo.world import World
 

@@ -24,8 +24,15 @@ from service.settings import Settings, normalise_database_url
 os.environ.setdefault("OBLIVIATE_ENGINE", "none")
 
 
+# The external services are captured once and removed from the environment: fixtures use them
+# deliberately, while a stray Settings() in a test (or a worker process it spawns) must not silently
+# pick up the shell's database or Redis.
+EXTERNAL_DATABASE_URL = os.environ.pop("DATABASE_URL", None) or os.environ.pop("OBLIVIATE_DATABASE_URL", None)
+EXTERNAL_REDIS_URL = os.environ.pop("REDIS_URL", None) or os.environ.pop("OBLIVIATE_REDIS_URL", None)
+
+
 def postgres_url() -> str | None:
-    url = os.environ.get("DATABASE_URL") or os.environ.get("OBLIVIATE_DATABASE_URL")
+    url = EXTERNAL_DATABASE_URL
     if url and url.startswith(("postgresql", "postgres")):
         return normalise_database_url(url)
     return None
@@ -77,7 +84,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """REDIS_URL when set, else one embedded Redis for the whole session."""
-    external = os.environ.get("REDIS_URL") or os.environ.get("OBLIVIATE_REDIS_URL")
+    external = EXTERNAL_REDIS_URL
     if external:
         yield external
         return

@@ -47,3 +47,25 @@ def test_msgpack_serializer_round_trips_and_never_pickles() -> None:
     assert decoded["a"] == ["x"]
     assert decoded["r"] == "ValueError('boom')"
     assert not jobs.serialize({"a": 1}).startswith(b"\x80")  # pickle protocol marker
+
+
+def test_worker_environment_reproduces_settings_and_drops_foreign_urls(tmp_path: Path) -> None:
+    from service.settings import settings_env
+
+    parent = {"DATABASE_URL": "postgresql://shell/db", "OBLIVIATE_BASE_MODEL": "/stale", "PATH": "/bin"}
+    settings = Settings(data_dir=tmp_path, database_url=None, redis_url="unix:///tmp/r.sock", workers=3)
+    env = settings_env(settings, base=parent)
+    assert "DATABASE_URL" not in env and "OBLIVIATE_BASE_MODEL" not in env and env["PATH"] == "/bin"
+    assert env["OBLIVIATE_DATABASE_URL"] == settings.resolved_database_url
+    import os
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        reread = Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert reread.resolved_database_url == settings.resolved_database_url
+    assert reread.redis_url == settings.redis_url and reread.workers == 3 and reread.data_dir == tmp_path
