@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, MultipartBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import select
 
@@ -55,8 +55,13 @@ REVIEW = require_role(Role.REVIEWER)
 READ = require_role(Role.SUBMITTER, Role.REVIEWER)
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False, description="Required: a unique key per request."),
+    HeaderParameter(
+        name="Idempotency-Key", required=False, description="Required: a unique key per request."
+    ),
 ]
+# Explicit markers (Litestar 3 stops inferring dependencies and parameters from plain annotations).
+PrincipalDep = NamedDependency[Principal]
+ResourcesDep = NamedDependency[Resources]
 
 
 def _store(resources: Resources) -> ArtifactStore:
@@ -219,9 +224,9 @@ class ForgetRequestController(Controller):
     async def create(
         self,
         request: Request[Any, Any, Any],
-        data: CreateForgetRequest,
-        principal: Principal,
-        resources: Resources,
+        data: JSONBody[CreateForgetRequest],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[dict[str, Any]]:
         key = idempotency.check_key(idempotency_key)
@@ -242,9 +247,9 @@ class ForgetRequestController(Controller):
     )
     async def upload(
         self,
-        data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
-        principal: Principal,
-        resources: Resources,
+        data: MultipartBody[dict[str, Any]],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[dict[str, Any]]:
         key = idempotency.check_key(idempotency_key)
@@ -271,15 +276,15 @@ class ForgetRequestController(Controller):
     @get("/", guards=[READ], summary="List forget requests (newest first, cursor pagination)")
     async def list_requests(
         self,
-        principal: Principal,
-        resources: Resources,
-        status: Annotated[list[str] | None, Parameter(description="Repeat or comma-separate.")] = None,
-        subject: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        due: Annotated[str | None, Parameter(description="overdue or due_soon")] = None,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-        cursor: str | None = None,
+        principal: PrincipalDep,
+        resources: ResourcesDep,
+        status: Annotated[list[str] | None, QueryParameter(description="Repeat or comma-separate.")] = None,
+        subject: FromQuery[str | None] = None,
+        created_after: FromQuery[datetime | None] = None,
+        created_before: FromQuery[datetime | None] = None,
+        due: Annotated[str | None, QueryParameter(description="overdue or due_soon")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        cursor: FromQuery[str | None] = None,
     ) -> ForgetRequestList:
         query = select(ForgetRequest).where(ForgetRequest.tenant == principal.tenant)
         statuses = [part for value in status or [] for part in value.split(",") if part]
@@ -325,7 +330,9 @@ class ForgetRequestController(Controller):
         )
 
     @get("/{request_id:str}", guards=[READ], summary="A forget request: status, progress, ETA, due date")
-    async def get_one(self, request_id: str, principal: Principal, resources: Resources) -> ForgetRequestOut:
+    async def get_one(
+        self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
+    ) -> ForgetRequestOut:
         async with resources.sessionmaker() as session:
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
         return to_out(row, due_soon_s=resources.settings.due_soon_s)
@@ -338,11 +345,11 @@ class ForgetRequestController(Controller):
     )
     async def events(
         self,
-        request_id: str,
-        principal: Principal,
-        resources: Resources,
-        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", required=False)] = None,
-        follow: bool = True,
+        request_id: FromPath[str],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
+        follow: FromQuery[bool] = True,
     ) -> ServerSentEvent:
         try:
             after = int(last_event_id) if last_event_id else 0
@@ -356,7 +363,11 @@ class ForgetRequestController(Controller):
 
     @post("/{request_id:str}/cancel", guards=[SUBMIT], status_code=202, summary="Cancel a request")
     async def cancel(
-        self, request_id: str, principal: Principal, resources: Resources, data: CancelBody | None = None
+        self,
+        request_id: FromPath[str],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
+        data: JSONBody[CancelBody | None] = None,
     ) -> ForgetRequestOut:
         async with resources.sessionmaker() as session:
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
@@ -377,7 +388,11 @@ class ForgetRequestController(Controller):
         summary="Approve or reject at the review gate the request waits in",
     )
     async def approve(
-        self, request_id: str, data: Decision, principal: Principal, resources: Resources
+        self,
+        request_id: FromPath[str],
+        data: JSONBody[Decision],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
     ) -> ForgetRequestOut:
         if data.decision == "reject" and not data.reason.strip():
             raise Unprocessable("A rejection needs a reason", param="reason")
@@ -403,7 +418,11 @@ class ForgetRequestController(Controller):
         summary="Extend the deadline by two months (GDPR Art. 12(3)); a reason is required",
     )
     async def extend_due(
-        self, request_id: str, data: ExtendDue, principal: Principal, resources: Resources
+        self,
+        request_id: FromPath[str],
+        data: JSONBody[ExtendDue],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
     ) -> ForgetRequestOut:
         async with resources.sessionmaker() as session:
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
@@ -413,7 +432,9 @@ class ForgetRequestController(Controller):
         return to_out(row, due_soon_s=resources.settings.due_soon_s)
 
     @get("/{request_id:str}/audit", guards=[READ], summary="The request's audit trail (hash-chained)")
-    async def audit(self, request_id: str, principal: Principal, resources: Resources) -> AuditTrail:
+    async def audit(
+        self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
+    ) -> AuditTrail:
         async with resources.sessionmaker() as session:
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
             events = await chain.for_request(session, request_id)
@@ -457,7 +478,7 @@ class ForgetRequestController(Controller):
         description=f"Verify the signature over the canonical JSON of `certificate` with {certificates.PUBLIC_KEY_PATH}.",
     )
     async def certificate(
-        self, request_id: str, principal: Principal, resources: Resources
+        self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
         signer: Signer = resources.extras["signer"]
         async with resources.sessionmaker() as session:
@@ -504,7 +525,7 @@ class CertificateKeyController(Controller):
     tags = ["certificates"]
 
     @get("/public-key", summary="The Ed25519 public key that signs certificates (no auth needed)")
-    async def public_key(self, resources: Resources) -> dict[str, str]:
+    async def public_key(self, resources: ResourcesDep) -> dict[str, str]:
         signer: Signer = resources.extras["signer"]
         return {
             "algorithm": "Ed25519",
