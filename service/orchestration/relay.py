@@ -7,6 +7,7 @@ ignores a second job with the same id); a Redis outage leaves rows undispatched 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from sqlalchemy import select, update
@@ -73,10 +74,13 @@ class Relay:
     async def run(self) -> None:
         interval = self.resources.settings.relay_interval_s
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives just as the
+            # event is set (a kick() in the same loop iteration as shutdown), so this loop ran on
+            # and the app's shutdown waited for it forever (the PostgreSQL "50 concurrent POSTs"
+            # test timeout). asyncio.timeout counts cancellations and re-raises them.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 while await dispatch_once(self.resources) >= BATCH:

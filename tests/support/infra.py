@@ -70,6 +70,29 @@ def pg_database_url() -> Iterator[str]:
         asyncio.run(_exec_pg(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+async def _reset_schema(url: str) -> None:
+    """Empty the session database for the next test.
+
+    ``DROP SCHEMA ... CASCADE`` needs every table's exclusive lock. A session an earlier test left
+    behind (a task cancelled mid-transaction when its app shut down leaves its connection checked
+    out, idle in transaction, holding locks) would make it wait forever, and the next test time out
+    in its set-up. End such sessions first, and bound the wait so a new kind of leak fails loudly.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        await conn.execute("SET lock_timeout = '30s'")
+        await conn.execute("DROP SCHEMA public CASCADE")
+        await conn.execute("CREATE SCHEMA public")
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each database-layer test runs on SQLite and, when configured, on PostgreSQL."""
@@ -77,7 +100,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'obliviate.db'}"
     url: str = request.getfixturevalue("pg_database_url")
     # One database per session; its schema is emptied before each test so tests stay independent.
-    asyncio.run(_exec_pg(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public"))
+    asyncio.run(_reset_schema(url))
     return url
 
 
