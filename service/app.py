@@ -36,6 +36,8 @@ def _domain_route_handlers() -> list[Any]:
     from service.deployments.controllers import DeploymentsController
     from service.forget.controllers import CertificateKeyController, ForgetRequestController
     from service.gateway.controllers import OpenAIController
+    from service.review.controllers import ReviewController
+    from service.review.web import ReviewWebController, static_router
     from service.verification.controllers import VerificationController
 
     return [
@@ -45,6 +47,9 @@ def _domain_route_handlers() -> list[Any]:
         OpenAIController,
         DeploymentsController,
         VerificationController,
+        ReviewController,
+        ReviewWebController,
+        static_router(),
     ]
 
 
@@ -52,9 +57,16 @@ def _domain_startup_hooks() -> list[StartupHook]:
     from service.deployments.serving import start_reconciler
     from service.gateway.runtime import start_engine
     from service.orchestration.startup import start as start_forget_domain
+    from service.review.startup import start as start_review
 
     # The engine first: the reconciler loads the deployed adapters into it.
-    return [start_forget_domain, start_engine, start_reconciler]
+    return [start_forget_domain, start_engine, start_reconciler, start_review]
+
+
+def _template_config() -> Any:
+    from service.review.web import template_config
+
+    return template_config()
 
 
 def create_app(
@@ -101,6 +113,7 @@ def create_app(
         lifespan=[lifespan],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        template_config=_template_config(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Obliviate", version=__version__, path="/docs"),
         debug=False,

@@ -14,6 +14,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "service.orchestration.models",
     "service.audit.models",
     "service.deployments.models",
+    "service.review.models",
 )
 
 

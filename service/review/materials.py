@@ -1,0 +1,284 @@
+"""From a request's artifacts to review tasks, and reviewed results back into the artifacts.
+
+Runs in a worker thread (file reads, and for target review the tokenizer). What each gate reads:
+
+    anchor_review      work/anchors.json + input/spec.json  → one task: passages + proposed dictionary
+    target_review      work/targets/ (flagged blocks)       → one task per low-confidence block
+    evaluation_review  work/evaluate/report.json            → one task per forget probe
+
+and writes back: the corrected ``work/anchors.json`` (which generate_targets reads) and
+``work/target_review.json`` (blocks the unlearn stage leaves out, and reviewers' fixes).
+Nothing here logs artifact contents: they quote the forget corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from service.artifacts.store import INPUT, SPEC_FILE, WORK, ArtifactStore
+from service.review.answers import term_occurs
+from service.settings import Settings
+
+ANCHORS_FILE = "anchors.json"
+TARGET_REVIEW_FILE = "target_review.json"
+MAX_PASSAGE_CHARS = 6000
+
+
+class MaterialsMissing(Exception):
+    """The stage's artifact is not there (yet): the gate cannot be opened from it."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MaterialsMissing(path.name) from None
+
+
+def spans(text: str, terms: list[str]) -> list[tuple[int, int, str]]:
+    """Non-overlapping whole-word occurrences, longest terms first (as the pipeline matches them)."""
+    import re
+
+    taken: list[tuple[int, int, str]] = []
+    for term in sorted(terms, key=lambda t: (-len(t), t)):
+        for match in re.finditer(r"(?<!\w)" + re.escape(term) + r"(?!\w)", text):
+            start, end = match.span()
+            if not any(start < e and s < end for s, e, _ in taken):
+                taken.append((start, end, term))
+    return sorted(taken)
+
+
+def _passages(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    sources = list(spec.get("sources") or [])
+    out: list[dict[str, Any]] = []
+    for i, text in enumerate(spec.get("documents", [])):
+        if text.strip():
+            source = sources[i] if i < len(sources) and sources[i] else None
+            out.append({"label": f"Document {i + 1}" + (f" ({source})" if source else ""), "text": text})
+    for k, qa in enumerate(spec.get("qa_pairs", [])):
+        out.append({"label": f"Question {k + 1}", "text": f"Q: {qa['question']}\nA: {qa['answer']}"})
+    return out
+
+
+def anchor_items(store: ArtifactStore, request_id: str, settings: Settings) -> list[dict[str, Any]]:
+    work = store.local_dir(request_id, WORK)
+    dictionary = _read_json(work / ANCHORS_FILE)
+    spec = store.get_json(request_id, INPUT, SPEC_FILE)
+    anchors = [
+        {
+            "term": a["term"],
+            "kind": a.get("kind", "other"),
+            "translations": list(a.get("translations", [])),
+            "sources": list(a.get("sources", [])),
+            "score": a.get("score"),
+        }
+        for a in dictionary.get("anchors", [])
+    ]
+    terms = [a["term"] for a in anchors]
+    passages = _passages(spec)
+    # The passages with the most proposed anchors first, shown in corpus order.
+    ranked = sorted(range(len(passages)), key=lambda i: -len(spans(passages[i]["text"], terms)))
+    chosen = sorted(ranked[: settings.review_anchor_max_passages])
+    shown = []
+    for i in chosen:
+        text = passages[i]["text"]
+        truncated = len(text) > MAX_PASSAGE_CHARS
+        shown.append(
+            {"label": passages[i]["label"], "text": text[:MAX_PASSAGE_CHARS], "truncated": truncated}
+        )
+    payload = {
+        "anchors": anchors,
+        "passages": shown,
+        "total_passages": len(passages),
+        "llm_errors": len(dictionary.get("llm_errors", [])),
+    }
+    return [payload]
+
+
+def target_items(
+    store: ArtifactStore,
+    request_id: str,
+    options: dict[str, Any],
+    probes: list[dict[str, Any]],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """Flagged blocks decoded for humans: original, translated, and the generic labels as text."""
+    work = store.local_dir(request_id, WORK)
+    blocks_info = _read_json(work / "targets" / "blocks.json")
+    flagged = [int(i) for i in blocks_info.get("flagged", [])][: settings.review_max_tasks]
+    if not flagged:
+        return []
+    # The GPU stack is imported here, in a thread, only when a target gate opens.
+    from gpu_runtime.jobs import base_model_dir, pipeline_spec
+    from gpu_runtime.pipeline.anchors import load_anchors
+    from gpu_runtime.pipeline.models import load_tokenizer
+    from gpu_runtime.pipeline.targets import IGNORE, load_targets
+    from gpu_runtime.pipeline.translate import corpus_texts, translate_corpus
+
+    spec_json = store.get_json(request_id, INPUT, SPEC_FILE)
+    spec_json["probes"] = probes
+    spec = pipeline_spec(spec_json, options)
+    tokenizer = load_tokenizer(base_model_dir(settings))
+    anchors = load_anchors(work)
+    blocks = translate_corpus(
+        tokenizer, corpus_texts(spec, tokenizer), anchors.anchors, spec.options.block_size
+    )
+    targets = load_targets(work / "targets" / "targets.safetensors")
+    stats = {int(s["index"]): s for s in blocks_info.get("blocks", [])}
+    items = []
+    for index in flagged:
+        if index >= len(blocks) or index >= len(targets):
+            continue
+        block, target = blocks[index], targets[index]
+        ids = target.input_ids
+        generic_ids = [ids[0]] if ids else []
+        tokens: list[list[Any]] = []
+        for p in range(len(ids) - 1):
+            label = target.labels[p]
+            token = label if label != IGNORE else ids[p + 1]
+            conf = target.confidence[p]
+            generic_ids.append(token)
+            tokens.append(
+                [
+                    tokenizer.decode([token], skip_special_tokens=True),
+                    None if math.isnan(conf) else round(conf, 4),
+                ]
+            )
+        info = stats.get(index, {})
+        items.append(
+            {
+                "block": index,
+                "doc": block.doc,
+                "original": tokenizer.decode(block.original_ids, skip_special_tokens=True),
+                "translated": tokenizer.decode(block.translated_ids, skip_special_tokens=True),
+                "generic": tokenizer.decode(generic_ids, skip_special_tokens=True),
+                "generic_tokens": tokens,
+                "mean_confidence": info.get("mean_confidence"),
+                "min_confidence": info.get("min_confidence"),
+                "threshold": spec.options.confidence_threshold,
+                "total_blocks": len(targets),
+            }
+        )
+    return items
+
+
+def evaluation_items(
+    store: ArtifactStore, request_id: str, probes: list[dict[str, Any]], settings: Settings
+) -> list[dict[str, Any]]:
+    """One task per forget probe: prompt, the unlearned and the base completion, the judge's grade."""
+    work = store.local_dir(request_id, WORK)
+    report = _read_json(work / "evaluate" / "report.json")
+    forget = report.get("forget") or {}
+    after = (forget.get("after") or {}).get("rows", [])
+    before = (forget.get("before") or {}).get("rows", [])
+    scores = (report.get("judge") or {}).get("scores", [])
+    derived = bool(report.get("probes_derived"))
+    items = []
+    for i, row in enumerate(after[: settings.review_max_tasks]):
+        reference = "" if derived or i >= len(probes) else str(probes[i].get("reference", ""))
+        items.append(
+            {
+                "probe": i,
+                "prompt": row.get("prompt", ""),
+                "completion": row.get("completion", ""),
+                "base_completion": before[i].get("completion", "") if i < len(before) else "",
+                "reference": reference,
+                "judge_score": scores[i] if i < len(scores) else None,
+                "leaked_terms": list(row.get("leaked_terms", [])),
+            }
+        )
+    return items
+
+
+def build_items(
+    gate: str,
+    store: ArtifactStore,
+    request_id: str,
+    options: dict[str, Any],
+    probes: list[dict[str, Any]],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """Task inputs of ``gate`` for the request (MaterialsMissing when the artifact is absent)."""
+    if gate == "anchor_review":
+        return anchor_items(store, request_id, settings)
+    if gate == "target_review":
+        return target_items(store, request_id, options, probes, settings)
+    if gate == "evaluation_review":
+        return evaluation_items(store, request_id, probes, settings)
+    raise ValueError(f"unknown gate {gate!r}")
+
+
+def write_anchors(store: ArtifactStore, request_id: str, resolution: dict[str, Any]) -> int:
+    """Write the reviewed dictionary as ``anchors.json`` (input hash kept, so a re-run of mining keeps
+    it; the targets stage hashes the terms and translations, so it regenerates). Returns its size."""
+    from gpu_runtime.pipeline.types import AnchorDictionary  # pydantic only, no torch
+
+    work = store.local_dir(request_id, WORK)
+    existing = _read_json(work / ANCHORS_FILE)
+    before = {a["term"]: a for a in existing.get("anchors", [])}
+    spec = store.get_json(request_id, INPUT, SPEC_FILE)
+    documents = [d for d in spec.get("documents", []) if d.strip()]
+    changed = set(resolution.get("added", [])) | set(resolution.get("edited", []))
+    terms = [a["term"] for a in resolution["anchors"]]
+    occurrences: dict[str, list[tuple[int, int, int]]] = {t: [] for t in terms}
+    for d, text in enumerate(documents):
+        for start, end, term in spans(text, terms):
+            occurrences[term].append((d, start, end))
+    anchors = []
+    for item in resolution["anchors"]:
+        old = before.get(item["term"], {})
+        sources = list(old.get("sources", []))
+        if item["term"] in changed and "reviewer" not in sources:
+            sources.append("reviewer")
+        anchors.append(
+            {
+                "term": item["term"],
+                "kind": item["kind"],
+                "translations": item["translations"],
+                "sources": sources,
+                "score": old.get("score"),
+                "occurrences": occurrences[item["term"]],
+            }
+        )
+    dictionary = AnchorDictionary.model_validate(
+        {
+            "input_hash": existing["input_hash"],
+            "anchors": sorted(anchors, key=lambda a: a["term"]),
+            "llm_errors": existing.get("llm_errors", []),
+            "reviewed": True,
+        }
+    )
+    return store.put_json(request_id, WORK, ANCHORS_FILE, dictionary.model_dump(mode="json"))
+
+
+def write_target_review(
+    store: ArtifactStore,
+    request_id: str,
+    reviewed: list[int],
+    excluded: list[int],
+    replacements: dict[int, str],
+) -> None:
+    """``target_review.json``: the unlearn stage leaves ``excluded_blocks`` out of training."""
+    store.put_json(
+        request_id,
+        WORK,
+        TARGET_REVIEW_FILE,
+        {
+            "reviewed_blocks": sorted(reviewed),
+            "excluded_blocks": sorted(excluded),
+            "replacements": {str(k): v for k, v in sorted(replacements.items())},
+        },
+    )
+
+
+__all__ = [
+    "MaterialsMissing",
+    "build_items",
+    "spans",
+    "term_occurs",
+    "write_anchors",
+    "write_target_review",
+]
