@@ -314,6 +314,7 @@ class ReviewWebController(Controller):
                 await db.commit()
             except Unprocessable as exc:
                 await db.rollback()
+                task = await services.get_task(db, session.principal.tenant, task_id)
                 held = await services.active_assignment(db, task.id, session.principal.actor)
                 return await _task_page(
                     session,
