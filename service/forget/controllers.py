@@ -23,6 +23,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, MultipartBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.artifacts.store import INPUT, SPEC_FILE, ArtifactStore
 from service.audit import certificate as certificates
@@ -335,7 +336,9 @@ class ForgetRequestController(Controller):
     ) -> ForgetRequestOut:
         async with resources.sessionmaker() as session:
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
-        return to_out(row, due_soon_s=resources.settings.due_soon_s)
+            out = to_out(row, due_soon_s=resources.settings.due_soon_s)
+            await _add_review_counts(session, [out])
+        return out
 
     @get(
         "/{request_id:str}/events",
@@ -487,6 +490,17 @@ class ForgetRequestController(Controller):
             await forget_service.record_access(session, row, actor=principal.actor, what="certificate")
             await session.commit()
         return signed
+
+
+async def _add_review_counts(session: AsyncSession, outs: list[ForgetRequestOut]) -> None:
+    """How many review tasks are open for requests waiting at a gate (the review domain counts)."""
+    from service.review.services import open_counts
+
+    waiting = [out.id for out in outs if out.awaiting_review]
+    counts = await open_counts(session, waiting) if waiting else {}
+    for out in outs:
+        if out.awaiting_review:
+            out.open_review_tasks = counts.get(out.id, 0)
 
 
 _CLOSED = {"ready", "deployed", "superseded", "rolled_back", "failed", "cancelled"}

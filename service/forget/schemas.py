@@ -138,6 +138,8 @@ class ForgetRequestOut(Struct):
     failure: Failure | None
     adapter: AdapterInfo
     links: dict[str, str]
+    #: While ``awaiting_review``: review tasks still open at that gate (details: ``links.review``).
+    open_review_tasks: int | None = None
 
 
 class ForgetRequestList(Struct):

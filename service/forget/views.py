@@ -96,6 +96,7 @@ def to_out(row: ForgetRequest, *, due_soon_s: float) -> ForgetRequestOut:
         "certificate": f"{url}/certificate",
         "cancel": f"{url}/cancel",
         "approve": f"{url}/approve",
+        "review": f"/v1/review/requests/{row.id}",
     }
     return ForgetRequestOut(
         id=row.id,

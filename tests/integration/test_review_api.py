@@ -61,6 +61,9 @@ async def test_anchor_review_writes_the_dictionary_and_resumes(settings: Setting
         summary = (await client.get(f"/v1/review/requests/{rid}", headers=auth(reviewer))).json()
         assert summary["awaiting_review"] == "anchor_review"
         assert summary["open_tasks"] == 1
+        waiting = (await client.get(f"/v1/forget-requests/{rid}", headers=auth(key))).json()
+        assert waiting["awaiting_review"] == "anchor_review" and waiting["open_review_tasks"] == 1
+        assert waiting["links"]["review"] == f"/v1/review/requests/{rid}"
         claimed = await client.post("/v1/review/tasks/claim", json={}, headers=auth(reviewer))
         assert claimed.status_code == 200, claimed.text
         task = claimed.json()
@@ -89,7 +92,7 @@ async def test_anchor_review_writes_the_dictionary_and_resumes(settings: Setting
         assert done.json()["status"] == "resolved"
 
         request = (await client.get(f"/v1/forget-requests/{rid}", headers=auth(key))).json()
-        assert request["status"] == "generating_targets"
+        assert request["status"] == "generating_targets" and request["open_review_tasks"] is None
         assert request["decisions"][-1]["decision"] == "approved"
         assert "1 added, 1 removed, 1 edited" in request["decisions"][-1]["reason"]
         written = store_for(settings).get_json(rid, WORK, "anchors.json")
