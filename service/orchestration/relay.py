@@ -61,6 +61,11 @@ async def dispatch_once(resources: Resources) -> int:
     return len(done)
 
 
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Relay:
     """Polls every ``relay_interval_s``; ``kick()`` wakes it at once after a commit in this process."""
 
@@ -73,7 +78,9 @@ class Relay:
 
     async def run(self) -> None:
         interval = self.resources.settings.relay_interval_s
-        while True:
+        # Loop only until a cancel was requested: a CancelledError swallowed anywhere below (a
+        # library catching it mid-call) must not keep this task alive while shutdown awaits it.
+        while not _cancel_requested():
             # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives just as the
             # event is set (a kick() in the same loop iteration as shutdown), so this loop ran on
             # and the app's shutdown waited for it forever (the PostgreSQL "50 concurrent POSTs"

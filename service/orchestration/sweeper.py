@@ -200,7 +200,9 @@ async def sweep_once(resources: Resources) -> SweepReport:
 
 async def run(resources: Resources) -> None:
     interval = resources.settings.sweep_interval_s
-    while True:
+    task = asyncio.current_task()
+    # Stop once a cancel was requested, even if a call below swallowed its CancelledError.
+    while task is None or task.cancelling() == 0:
         await asyncio.sleep(interval)
         try:
             await sweep_once(resources)
