@@ -264,5 +264,7 @@ def matches(kind: str, answer: dict[str, Any], expected: dict[str, Any]) -> bool
         return {a["term"] for a in answer["anchors"]} == want
     if kind == TARGET:
         # ok against not-ok is what matters; the wording of a fix is free.
-        return (answer["verdict"] == "ok") == (expected.get("verdict") == "ok")
-    return bool(answer["label"] == expected.get("label"))
+        said_ok: bool = answer["verdict"] == "ok"
+        return said_ok == (expected.get("verdict") == "ok")
+    label: str = answer["label"]
+    return label == str(expected.get("label"))

@@ -12,7 +12,8 @@ import json
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Struct
 from sqlalchemy import select
 
@@ -27,6 +28,8 @@ from service.review.models import ReviewAssignment, ReviewGate, ReviewTask
 REVIEW = require_role(Role.REVIEWER)
 ADMIN = require_role(Role.ADMIN)
 MAX_IMPORT_BYTES = 16 * 1024 * 1024
+PrincipalDep = NamedDependency[Principal]
+ResourcesDep = NamedDependency[Resources]
 
 
 class ClaimBody(Struct, forbid_unknown_fields=True):
@@ -48,7 +51,11 @@ def store_of(resources: Resources) -> ArtifactStore:
 
 
 def task_out(
-    task: ReviewTask, principal: Principal, *, assignment: ReviewAssignment | None = None, full: bool = True
+    task: ReviewTask,
+    principal: PrincipalDep,
+    *,
+    assignment: ReviewAssignment | None = None,
+    full: bool = True,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": task.id,
@@ -96,13 +103,13 @@ class ReviewController(Controller):
     )
     async def list_tasks(
         self,
-        principal: Principal,
-        resources: Resources,
-        status: Annotated[str | None, Parameter(description="open or resolved")] = "open",
-        kind: str | None = None,
-        request_id: str | None = None,
-        gate_id: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        principal: PrincipalDep,
+        resources: ResourcesDep,
+        status: Annotated[str | None, QueryParameter(description="open or resolved")] = "open",
+        kind: FromQuery[str | None] = None,
+        request_id: FromQuery[str | None] = None,
+        gate_id: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         _check_kind(kind)
         await services.sync_gates(resources)
@@ -123,7 +130,9 @@ class ReviewController(Controller):
         return {"object": "list", "data": [task_out(t, principal, full=False) for t in rows]}
 
     @get("/tasks/{task_id:str}", summary="One review task with its input")
-    async def get_task(self, task_id: str, principal: Principal, resources: Resources) -> dict[str, Any]:
+    async def get_task(
+        self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
+    ) -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             task = await services.get_task(session, principal.tenant, task_id)
             held = await services.active_assignment(session, task.id, principal.actor)
@@ -135,7 +144,7 @@ class ReviewController(Controller):
         summary="Claim the next task (204 when none is left); a claim expires after the task time limit",
     )
     async def claim_next(
-        self, principal: Principal, resources: Resources, data: ClaimBody | None = None
+        self, principal: PrincipalDep, resources: ResourcesDep, data: JSONBody[ClaimBody | None] = None
     ) -> Response[Any]:
         body = data or ClaimBody()
         _check_kind(body.kind)
@@ -155,7 +164,9 @@ class ReviewController(Controller):
         return Response(task_out(claimed.task, principal, assignment=claimed.assignment))
 
     @post("/tasks/{task_id:str}/claim", status_code=200, summary="Claim this task")
-    async def claim(self, task_id: str, principal: Principal, resources: Resources) -> dict[str, Any]:
+    async def claim(
+        self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
+    ) -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             claimed = await services.claim(
                 session,
@@ -169,7 +180,11 @@ class ReviewController(Controller):
 
     @post("/tasks/{task_id:str}/answer", status_code=200, summary="Answer a task (fields per its kind)")
     async def answer(
-        self, task_id: str, data: AnswerBody, principal: Principal, resources: Resources
+        self,
+        task_id: FromPath[str],
+        data: JSONBody[AnswerBody],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
     ) -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             task = await services.answer(
@@ -187,7 +202,9 @@ class ReviewController(Controller):
         return task_out(task, principal, full=False)
 
     @post("/tasks/{task_id:str}/release", status_code=200, summary="Give a claimed task back (skip it)")
-    async def release(self, task_id: str, principal: Principal, resources: Resources) -> dict[str, Any]:
+    async def release(
+        self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
+    ) -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             released = await services.release(
                 session, tenant=principal.tenant, reviewer=principal.actor, task_id=task_id
@@ -197,7 +214,7 @@ class ReviewController(Controller):
 
     @get("/requests/{request_id:str}", summary="A request's review: its gates and how many tasks are open")
     async def request_summary(
-        self, request_id: str, principal: Principal, resources: Resources
+        self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
         await services.sync_gates(resources, request_id)
         async with resources.sessionmaker() as session:
@@ -207,10 +224,10 @@ class ReviewController(Controller):
     @get("/gates", summary="Review gates of your tenant")
     async def list_gates(
         self,
-        principal: Principal,
-        resources: Resources,
-        status: str | None = None,
-        request_id: str | None = None,
+        principal: PrincipalDep,
+        resources: ResourcesDep,
+        status: FromQuery[str | None] = None,
+        request_id: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         await services.sync_gates(resources)
         query = select(ReviewGate).where(ReviewGate.tenant == principal.tenant)
@@ -240,7 +257,9 @@ class ReviewController(Controller):
         " `output_fields` (what an answer holds), and `known_solution` for control tasks.",
         media_type="application/x-ndjson",
     )
-    async def export(self, gate_id: str, principal: Principal, resources: Resources) -> Response[bytes]:
+    async def export(
+        self, gate_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
+    ) -> Response[bytes]:
         async with resources.sessionmaker() as session:
             gate = await services.get_gate(session, principal.tenant, gate_id)
             query = select(ReviewTask).where(ReviewTask.gate_id == gate.id)
@@ -268,7 +287,11 @@ class ReviewController(Controller):
         " add control tasks. Bad lines are reported and skipped.",
     )
     async def import_answers(
-        self, gate_id: str, request: Request[Any, Any, Any], principal: Principal, resources: Resources
+        self,
+        gate_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        principal: PrincipalDep,
+        resources: ResourcesDep,
     ) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > MAX_IMPORT_BYTES:
@@ -303,7 +326,7 @@ class ReviewController(Controller):
         }
 
     @get("/reviewers", summary="Reviewers' answers and control-task accuracy (admins see everyone)")
-    async def reviewers(self, principal: Principal, resources: Resources) -> dict[str, Any]:
+    async def reviewers(self, principal: PrincipalDep, resources: ResourcesDep) -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             scores = await services.reviewer_scores(session, principal.tenant)
         if principal.role != Role.ADMIN:

@@ -750,7 +750,7 @@ def _evaluation_verdict(tasks: list[ReviewTask]) -> Verdict:
         return Verdict(True, "no probe completions to review", {"probes": 0})
     outcomes = Counter(_probe_outcome(t) for t in tasks)
     labels = Counter(str((t.resolution or {}).get("label")) for t in tasks)
-    judged = [t.payload.get("judge_score") for t in tasks if isinstance(t.payload.get("judge_score"), int)]
+    judged = [int(t.payload["judge_score"]) for t in tasks if isinstance(t.payload.get("judge_score"), int)]
     summary = {
         "probes": len(tasks),
         "leaks": outcomes["leaks"],
@@ -977,7 +977,8 @@ async def import_lines(
                 position += 1
                 report.controls += 1
                 continue
-            entries = item.get("answers") if isinstance(item.get("answers"), list) else [item]
+            given = item.get("answers")
+            entries: list[Any] = given if isinstance(given, list) else [item]
             task_id = item.get("task_id")
             if not isinstance(task_id, str):
                 raise Unprocessable("task_id is missing", param="task_id")
@@ -985,6 +986,8 @@ async def import_lines(
             if task.gate_id != gate.id:
                 raise Unprocessable(f"task {task_id} belongs to another gate", param="task_id")
             for entry in entries:
+                if not isinstance(entry, dict):
+                    raise Unprocessable("each answer must be an object {worker, output}", param="answers")
                 worker = str(entry.get("worker") or entry.get("worker_id") or "").strip()
                 if not worker or len(worker) > 100:
                     raise Unprocessable(

@@ -14,6 +14,8 @@ from urllib.parse import urlencode
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
@@ -38,6 +40,7 @@ from service.review.session import (
 )
 
 HERE = Path(__file__).parent
+ResourcesDep = NamedDependency[Resources]
 SECRET_KEY = "review_secret"
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -165,7 +168,7 @@ class ReviewWebController(Controller):
     include_in_schema = False
 
     @get("/")
-    async def queue(self, request: Request[Any, Any, Any], resources: Resources) -> Template | Redirect:
+    async def queue(self, request: Request[Any, Any, Any], resources: ResourcesDep) -> Template | Redirect:
         session = await current_session(request, resources)
         if session is None:
             return _login_redirect()
@@ -184,14 +187,14 @@ class ReviewWebController(Controller):
         )
 
     @get("/login")
-    async def login_form(self, request: Request[Any, Any, Any], resources: Resources) -> Template:
+    async def login_form(self, request: Request[Any, Any, Any], resources: ResourcesDep) -> Template:
         token = request.cookies.get(LOGIN_COOKIE) or _new_token()
         return _page(
             "login.html", {"csrf": token, "error": ""}, cookies=[_login_cookie(token, request, resources)]
         )
 
     @post("/login")
-    async def login(self, request: Request[Any, Any, Any], resources: Resources) -> Template | Redirect:
+    async def login(self, request: Request[Any, Any, Any], resources: ResourcesDep) -> Template | Redirect:
         form = await request.form()
         token = request.cookies.get(LOGIN_COOKIE) or ""
         if not csrf_ok(token, form.get("csrf_token")):
@@ -228,7 +231,7 @@ class ReviewWebController(Controller):
         return _redirect("/review", cookies=[cookie, gone])
 
     @post("/logout")
-    async def logout(self, request: Request[Any, Any, Any], resources: Resources) -> Redirect:
+    async def logout(self, request: Request[Any, Any, Any], resources: ResourcesDep) -> Redirect:
         session = await current_session(request, resources)
         form = await request.form()
         if session is not None and not csrf_ok(session.csrf, form.get("csrf_token")):
@@ -241,9 +244,9 @@ class ReviewWebController(Controller):
     async def next_task(
         self,
         request: Request[Any, Any, Any],
-        resources: Resources,
-        kind: str | None = None,
-        request_id: str | None = None,
+        resources: ResourcesDep,
+        kind: FromQuery[str | None] = None,
+        request_id: FromQuery[str | None] = None,
     ) -> Template | Redirect:
         session = await current_session(request, resources)
         if session is None:
@@ -268,7 +271,11 @@ class ReviewWebController(Controller):
 
     @get("/tasks/{task_id:str}")
     async def show_task(
-        self, task_id: str, request: Request[Any, Any, Any], resources: Resources, kind: str | None = None
+        self,
+        task_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        resources: ResourcesDep,
+        kind: FromQuery[str | None] = None,
     ) -> Template | Redirect:
         session = await current_session(request, resources)
         if session is None:
@@ -289,7 +296,7 @@ class ReviewWebController(Controller):
 
     @post("/tasks/{task_id:str}")
     async def answer_task(
-        self, task_id: str, request: Request[Any, Any, Any], resources: Resources
+        self, task_id: FromPath[str], request: Request[Any, Any, Any], resources: ResourcesDep
     ) -> Template | Redirect:
         session = await current_session(request, resources)
         if session is None:
@@ -333,7 +340,7 @@ class ReviewWebController(Controller):
 
     @post("/tasks/{task_id:str}/skip")
     async def skip_task(
-        self, task_id: str, request: Request[Any, Any, Any], resources: Resources
+        self, task_id: FromPath[str], request: Request[Any, Any, Any], resources: ResourcesDep
     ) -> Redirect:
         session = await current_session(request, resources)
         if session is None:
