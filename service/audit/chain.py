@@ -16,13 +16,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.models import GENESIS_HASH, AuditEvent, AuditHead
 from service.db.base import utcnow
 
 SYSTEM = "system"
+
+
+def _table(model: type[Any]) -> Table:
+    """The model's Core table: plain INSERTs skip the ORM unit of work on the hot path."""
+    table: Table = model.__table__
+    return table
 
 
 def event_hash(
@@ -113,7 +119,7 @@ async def append_many(session: AsyncSession, events: Sequence[NewEvent]) -> list
         row = _link(event, seq + offset, prev)
         rows.append(row)
         prev = row["hash"]
-    await session.execute(insert(AuditEvent.__table__), rows)
+    await session.execute(insert(_table(AuditEvent)), rows)
     await session.execute(
         update(AuditHead).where(AuditHead.id == 1).values(hash=prev),
         execution_options={"synchronize_session": False},
