@@ -37,6 +37,8 @@ class ReviewGate(Base):
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
     escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: When the tasks' inputs were deleted (after the request's corpus was purged).
+    inputs_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ReviewTask(Base):

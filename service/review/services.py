@@ -280,14 +280,24 @@ async def escalate_overdue(session: AsyncSession, now: datetime | None = None) -
 
 async def clear_purged_payloads(session: AsyncSession) -> int:
     """Task inputs quote the corpus: once the request's corpus is purged, they go too."""
-    purged = select(ForgetRequest.id).where(ForgetRequest.purged_at.is_not(None))
-    result = await session.execute(
-        update(T)
-        .where(T.request_id.in_(purged), T.control.is_(False), T.status == "resolved", T.payload != {})
-        .values(payload={})
-        .execution_options(synchronize_session=False)
+    gates = list(
+        (
+            await session.execute(
+                select(G.id)
+                .join(ForgetRequest, ForgetRequest.id == G.request_id)
+                .where(ForgetRequest.purged_at.is_not(None), G.inputs_purged_at.is_(None), G.status != "open")
+            )
+        ).scalars()
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if gates:
+        await session.execute(
+            update(T)
+            .where(T.gate_id.in_(gates))
+            .values(payload={})
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(update(G).where(G.id.in_(gates)).values(inputs_purged_at=utcnow()))
+    return len(gates)
 
 
 async def finish_resolved_gates(resources: Resources) -> int:

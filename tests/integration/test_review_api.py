@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.artifacts.store import WORK, store_for
 from service.audit.models import AuditEvent
+from service.db.base import utcnow
+from service.forget.models import ForgetRequest
 from service.review import services
 from service.review.models import ReviewGate
 from service.settings import Settings
@@ -109,8 +112,14 @@ async def test_anchor_review_writes_the_dictionary_and_resumes(settings: Setting
         assert after["gates"][0]["outcome"] == "approved" and after["open_tasks"] == 0
 
 
-async def test_overlap_majority_leak_blocks_and_tenants_are_separate(settings: Settings) -> None:
-    settings = _quiet(settings, review_overlap=3)
+async def test_overlap_majority_leak_blocks_and_tenants_are_separate(
+    database_url: str, clean_redis: str, tmp_path: Path
+) -> None:
+    # On SQLite and, when configured, PostgreSQL: the claim and majority queries run on both.
+    settings = _quiet(
+        Settings(data_dir=tmp_path / "data", database_url=database_url, redis_url=clean_redis),
+        review_overlap=3,
+    )
     async with app_client(settings) as client:
         key = await make_key(client)
         reviewers = [await make_key(client, role="reviewer") for _ in range(3)]
@@ -157,6 +166,16 @@ async def test_overlap_majority_leak_blocks_and_tenants_are_separate(settings: S
         request = (await client.get(f"/v1/forget-requests/{rid}", headers=auth(key))).json()
         assert request["status"] == "failed"
         assert "leaks in 1 of 2" in request["failure"]["reason"]
+
+        # Task inputs quote the corpus: they go when the corpus is purged.
+        async with resources_of(client).sessionmaker() as session:
+            await session.execute(
+                update(ForgetRequest).where(ForgetRequest.id == rid).values(purged_at=utcnow())
+            )
+            await session.commit()
+        await services.maintain(resources_of(client))
+        purged = (await client.get(f"/v1/review/tasks/{listed[0]['id']}", headers=auth(reviewers[0]))).json()
+        assert purged["input"] == {} and purged["resolution"]["label"] == "leaks"
 
 
 async def test_tie_asks_for_one_more_reviewer(settings: Settings) -> None:
@@ -213,8 +232,10 @@ async def test_claim_time_limit_reassigns_and_gate_deadline_escalates(settings: 
         assert "event: review_escalated" in events.text
 
 
-async def test_export_import_jsonl_with_control_tasks(settings: Settings) -> None:
-    settings = _quiet(settings)
+async def test_export_import_jsonl_with_control_tasks(
+    database_url: str, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = _quiet(Settings(data_dir=tmp_path / "data", database_url=database_url, redis_url=clean_redis))
     async with app_client(settings) as client:
         key = await make_key(client)
         reviewer = await make_key(client, role="reviewer")

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("deadline_at", UTCDateTime(), nullable=False),
         sa.Column("escalated_at", UTCDateTime(), nullable=True),
         sa.Column("resolved_at", UTCDateTime(), nullable=True),
+        sa.Column("inputs_purged_at", UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_review_gates"),
         sa.UniqueConstraint("request_id", "gate", name="uq_review_gates_request_id_gate"),
         sa.ForeignKeyConstraint(
