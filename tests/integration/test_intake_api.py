@@ -49,6 +49,30 @@ async def test_idempotency_replay_conflict_and_mismatch(settings: Settings) -> N
         assert theirs.json()["id"] != first.json()["id"]
 
 
+def _stored_corpora(settings: Settings) -> list[str]:
+    root = Path(settings.artifacts_dir)
+    return sorted(path.parent.parent.name for path in root.glob("*/input/spec.json"))
+
+
+async def test_replay_leaves_one_stored_corpus_and_a_consistent_audit_chain(settings: Settings) -> None:
+    """A replayed key (the path a retry from another process takes too) keeps no second corpus."""
+    from service.audit import chain
+
+    async with app_client(settings) as client:
+        key = await make_key(client)
+        idem = str(uuid.uuid4())
+        first = await client.post("/v1/forget-requests", json=body(), headers=auth(key, idem))
+        again = await client.post("/v1/forget-requests", json=body(), headers=auth(key, idem))
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert _stored_corpora(settings) == [first.json()["id"]]
+        # Several requests written in one batch still form one unbroken chain.
+        await asyncio.gather(*[submit(client, key) for _ in range(20)])
+        async with client.app.state.resources.sessionmaker() as session:
+            verdict = await chain.verify(session)
+        assert verdict.ok, verdict.problems
+        assert verdict.events == 2 * 21
+
+
 async def test_fifty_concurrent_identical_posts_create_one_request(
     database_url: str, clean_redis: str, tmp_path: Path
 ) -> None:
