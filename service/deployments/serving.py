@@ -173,8 +173,11 @@ class Serving:
             try:
                 async with self.resources.arq.pubsub() as pubsub:
                     await pubsub.subscribe(CHANGES_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    while True:
+                        # A bounded wait (shorter than the pool's socket timeout): an idle channel
+                        # returns None instead of raising a read timeout every few seconds.
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                        if message is not None and message.get("type") == "message":
                             self.wake.set()
             except asyncio.CancelledError:
                 raise
