@@ -19,8 +19,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .errors import Cancelled
-from .types import CancelFn, ProgressFn
+from .errors import Cancelled, PipelineError
+from .types import CancelFn, ProgressFn, StageResult
 
 MARKER = "stage.json"
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -70,6 +70,21 @@ def read_marker(out: Path) -> dict[str, Any] | None:
 def is_done(out: Path, input_hash: str) -> bool:
     marker = read_marker(out)
     return marker is not None and marker.get("input_hash") == input_hash
+
+
+def stage_output(work_dir: Path | str, dirname: str, stage: str, what: str) -> tuple[Path, str]:
+    """A finished stage's directory and input hash; fails (naming the stage to run) if it has not run."""
+    out = Path(work_dir) / dirname
+    marker = read_marker(out)
+    if marker is None:
+        raise PipelineError(f"no {what} in the work directory: run {stage} first", stage=stage)
+    return out, str(marker["input_hash"])
+
+
+def skipped_result(stage: str, out: Path, input_hash: str) -> StageResult:
+    """The result of a stage that found its artifact already built for the same inputs."""
+    summary = (read_marker(out) or {}).get("summary", {})
+    return StageResult(stage=stage, artifact=str(out), input_hash=input_hash, skipped=True, summary=summary)
 
 
 @contextmanager

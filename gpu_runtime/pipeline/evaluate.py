@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import Reporter, atomic_dir, hash_json, is_done, read_marker
+from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result
 from .types import CancelFn, ForgetSpec, LLMOptions, Probe, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
@@ -307,13 +307,7 @@ def evaluate(
     )
     if is_done(out, input_hash):
         rep(1.0, "already evaluated")
-        return StageResult(
-            stage=STAGE,
-            artifact=str(out),
-            input_hash=input_hash,
-            skipped=True,
-            summary=(read_marker(out) or {}).get("summary", {}),
-        )
+        return skipped_result(STAGE, out, input_hash)
     tokenizer = load_tokenizer(base_model_dir)
     forget_probes = list(spec.probes) or derive_probes(spec, terms)
     model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), unlearn_dir / "delta")

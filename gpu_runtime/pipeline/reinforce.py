@@ -10,8 +10,15 @@ import logging
 import random
 from pathlib import Path
 
-from .artifacts import Reporter, atomic_dir, hash_dir, hash_json, is_done, read_marker
-from .errors import PipelineError
+from .artifacts import (
+    Reporter,
+    atomic_dir,
+    hash_dir,
+    hash_json,
+    is_done,
+    skipped_result,
+    stage_output,
+)
 from .types import CancelFn, ForgetSpec, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
@@ -57,11 +64,7 @@ def reinforce_input_hash(
 
 def reinforce_output(work_dir: Path | str) -> tuple[Path, str]:
     """The reinforced adapter's directory and its input hash; fails if the stage has not run."""
-    out = Path(work_dir) / DIR
-    marker = read_marker(out)
-    if marker is None:
-        raise PipelineError("no reinforced adapter in the work directory: run reinforce first", stage=STAGE)
-    return out, str(marker["input_hash"])
+    return stage_output(work_dir, DIR, STAGE, "reinforced adapter")
 
 
 def reinforce(
@@ -85,13 +88,7 @@ def reinforce(
     input_hash = reinforce_input_hash(base_model_dir, spec, deployed_adapter)
     if is_done(out, input_hash):
         rep(1.0, "reinforced adapter already built")
-        return StageResult(
-            stage=STAGE,
-            artifact=str(out),
-            input_hash=input_hash,
-            skipped=True,
-            summary=(read_marker(out) or {}).get("summary", {}),
-        )
+        return skipped_result(STAGE, out, input_hash)
     rep.check()
     o = spec.options
     tokenizer = load_tokenizer(base_model_dir)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import Reporter, atomic_dir, hash_json, is_done, read_marker
+from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result, stage_output
 from .translate import TranslatedBlock
 from .types import CancelFn, ForgetSpec, ProgressFn, StageResult
 
@@ -229,13 +229,7 @@ def targets_input_hash(spec: ForgetSpec, reinforce_hash: str, anchors: Any) -> s
 
 
 def targets_output(work_dir: Path | str) -> tuple[Path, str]:
-    from .errors import PipelineError
-
-    out = Path(work_dir) / DIR
-    marker = read_marker(out)
-    if marker is None:
-        raise PipelineError("no targets in the work directory: run generate_targets first", stage=STAGE)
-    return out, str(marker["input_hash"])
+    return stage_output(work_dir, DIR, STAGE, "targets")
 
 
 def generate_targets(
@@ -261,13 +255,7 @@ def generate_targets(
     input_hash = targets_input_hash(spec, reinforce_hash, anchors)
     if is_done(out, input_hash):
         rep(1.0, "targets already generated")
-        return StageResult(
-            stage=STAGE,
-            artifact=str(out),
-            input_hash=input_hash,
-            skipped=True,
-            summary=(read_marker(out) or {}).get("summary", {}),
-        )
+        return skipped_result(STAGE, out, input_hash)
     rep.check()
     o = spec.options
     tokenizer = load_tokenizer(base_model_dir)

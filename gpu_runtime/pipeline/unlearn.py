@@ -21,7 +21,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .artifacts import Reporter, atomic_dir, hash_dir, hash_file, hash_json, is_done, read_marker
+from .artifacts import (
+    Reporter,
+    atomic_dir,
+    hash_dir,
+    hash_file,
+    hash_json,
+    is_done,
+    skipped_result,
+    stage_output,
+)
 from .errors import PipelineError
 from .types import CancelFn, ForgetSpec, ProgressFn, StageResult
 
@@ -96,11 +105,7 @@ def unlearn_input_hash(
 
 
 def unlearn_output(work_dir: Path | str) -> tuple[Path, str]:
-    out = Path(work_dir) / DIR
-    marker = read_marker(out)
-    if marker is None:
-        raise PipelineError("no unlearned adapter in the work directory: run unlearn first", stage=STAGE)
-    return out, str(marker["input_hash"])
+    return stage_output(work_dir, DIR, STAGE, "unlearned adapter")
 
 
 def unlearn(
@@ -128,8 +133,7 @@ def unlearn(
     input_hash = unlearn_input_hash(spec, targets_hash, excluded, base_model_dir, deployed_adapter)
     if is_done(out, input_hash):
         rep(1.0, "unlearned adapter already built")
-        return StageResult(stage=STAGE, artifact=str(out), input_hash=input_hash, skipped=True,
-                           summary=(read_marker(out) or {}).get("summary", {}))  # fmt: skip
+        return skipped_result(STAGE, out, input_hash)
     rep.check()
     o = spec.options
     tokenizer = load_tokenizer(base_model_dir)
