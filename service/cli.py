@@ -84,19 +84,7 @@ def main() -> None:
 @data_dir_option
 def migrate(data_dir: Path | None) -> None:
     """Apply database migrations (serve also does this at start-up)."""
-    from service.db import create_engine
-    from service.db import migrate as run_migrations
-
-    settings = _settings_from(data_dir)
-
-    async def run() -> None:
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            await run_migrations(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
+    _migrate_sync(_settings_from(data_dir))
     click.echo("database is at the latest schema")
 
 
