@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import httpx
 
 from obliviate_client import _resources as r
-from obliviate_client._exceptions import APITimeoutError, ObliviateError, TransportError
+from obliviate_client._exceptions import ObliviateError, TransportError
 from obliviate_client._models import (
     AuditTrail,
     Certificate,
@@ -39,8 +39,7 @@ from obliviate_client._transport import (
     RetryPolicy,
     default_headers,
     raise_for_status,
-    retry_after_seconds,
-    should_retry,
+    retry_or_raise,
 )
 
 CorpusItems = Sequence[str | Document | Mapping[str, Any]]
@@ -114,50 +113,20 @@ class Client(_Base):
         """Send with retries; returns a 2xx response or raises an :class:`ObliviateError`."""
         headers = {**self._headers, **call.headers}
         url = self._url(call.path, self._injected, self._explicit_base)
-        keyed = "Idempotency-Key" in headers
         attempt = 0
         while True:
             try:
                 response = self._http.request(
                     call.method, url, json=call.json, params=call.params, headers=headers
                 )
-            except httpx.TimeoutException as exc:
-                if attempt < self.retry.max_retries and should_retry(
-                    method=call.method,
-                    has_idempotency_key=keyed,
-                    status=None,
-                    connect_error=isinstance(exc, httpx.ConnectTimeout),
-                ):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise APITimeoutError(f"request timed out: {exc}", request=exc.request) from exc
+                outcome: httpx.Response | httpx.TransportError = response
             except httpx.TransportError as exc:
-                if attempt < self.retry.max_retries and should_retry(
-                    method=call.method,
-                    has_idempotency_key=keyed,
-                    status=None,
-                    connect_error=isinstance(exc, httpx.ConnectError),
-                ):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise TransportError(f"{type(exc).__name__}: {exc}", request=exc.request) from exc
-            if (
-                response.status_code >= 400
-                and attempt < self.retry.max_retries
-                and should_retry(
-                    method=call.method,
-                    has_idempotency_key=keyed,
-                    status=response.status_code,
-                    connect_error=False,
-                )
-            ):
-                time.sleep(self.retry.delay(attempt, retry_after_seconds(response)))
-                attempt += 1
-                continue
-            raise_for_status(response)
-            return response
+                outcome = exc
+            delay = retry_or_raise(self.retry, attempt, call.method, headers, outcome)
+            if delay is None:
+                return response
+            time.sleep(delay)
+            attempt += 1
 
     def json(self, call: r.Call) -> Any:
         return self.send(call).json()
@@ -198,50 +167,20 @@ class AsyncClient(_Base):
         """Send with retries; returns a 2xx response or raises an :class:`ObliviateError`."""
         headers = {**self._headers, **call.headers}
         url = self._url(call.path, self._injected, self._explicit_base)
-        keyed = "Idempotency-Key" in headers
         attempt = 0
         while True:
             try:
                 response = await self._http.request(
                     call.method, url, json=call.json, params=call.params, headers=headers
                 )
-            except httpx.TimeoutException as exc:
-                if attempt < self.retry.max_retries and should_retry(
-                    method=call.method,
-                    has_idempotency_key=keyed,
-                    status=None,
-                    connect_error=isinstance(exc, httpx.ConnectTimeout),
-                ):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise APITimeoutError(f"request timed out: {exc}", request=exc.request) from exc
+                outcome: httpx.Response | httpx.TransportError = response
             except httpx.TransportError as exc:
-                if attempt < self.retry.max_retries and should_retry(
-                    method=call.method,
-                    has_idempotency_key=keyed,
-                    status=None,
-                    connect_error=isinstance(exc, httpx.ConnectError),
-                ):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise TransportError(f"{type(exc).__name__}: {exc}", request=exc.request) from exc
-            if (
-                response.status_code >= 400
-                and attempt < self.retry.max_retries
-                and should_retry(
-                    method=call.method,
-                    has_idempotency_key=keyed,
-                    status=response.status_code,
-                    connect_error=False,
-                )
-            ):
-                await asyncio.sleep(self.retry.delay(attempt, retry_after_seconds(response)))
-                attempt += 1
-                continue
-            raise_for_status(response)
-            return response
+                outcome = exc
+            delay = retry_or_raise(self.retry, attempt, call.method, headers, outcome)
+            if delay is None:
+                return response
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def json(self, call: r.Call) -> Any:
         return (await self.send(call)).json()

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from obliviate_client import __version__
-from obliviate_client._exceptions import APIError, error_from_response
+from obliviate_client._exceptions import APIError, APITimeoutError, TransportError, error_from_response
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -66,6 +66,36 @@ def raise_for_status(response: httpx.Response) -> None:
         raise error_from_response(response)
 
 
+def retry_or_raise(
+    policy: RetryPolicy,
+    attempt: int,
+    method: str,
+    headers: dict[str, str],
+    outcome: httpx.Response | httpx.TransportError,
+) -> float | None:
+    """What to do after one try: None (a 2xx answer: done), a delay before the next try, or raise.
+
+    Shared by the sync and async clients so their retry behaviour cannot drift apart.
+    """
+    keyed = "Idempotency-Key" in headers
+    if isinstance(outcome, httpx.Response):
+        if outcome.status_code < 400:
+            return None
+        if attempt < policy.max_retries and should_retry(
+            method=method, has_idempotency_key=keyed, status=outcome.status_code, connect_error=False
+        ):
+            return policy.delay(attempt, retry_after_seconds(outcome))
+        raise error_from_response(outcome)
+    connect_error = isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout)
+    if attempt < policy.max_retries and should_retry(
+        method=method, has_idempotency_key=keyed, status=None, connect_error=connect_error
+    ):
+        return policy.delay(attempt)
+    if isinstance(outcome, httpx.TimeoutException):
+        raise APITimeoutError(f"request timed out: {outcome}", request=outcome.request) from outcome
+    raise TransportError(f"{type(outcome).__name__}: {outcome}", request=outcome.request) from outcome
+
+
 def json_or_none(response: httpx.Response) -> Any:
     if not response.content:
         return None
@@ -81,5 +111,6 @@ __all__ = [
     "json_or_none",
     "raise_for_status",
     "retry_after_seconds",
+    "retry_or_raise",
     "should_retry",
 ]
