@@ -161,9 +161,10 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
     run_server(settings, uvicorn_run=uvicorn.run, create_app=create_app)
 
 
-def run_server(
-    settings: Settings, *, uvicorn_run: Callable[..., None], create_app: Callable[[Settings], Any]
-) -> None:
+@contextmanager
+def prepared_service(settings: Settings) -> Iterator[Settings]:
+    """Redis (embedded if none is configured), migrations, and the worker processes for ``settings``;
+    yields the settings the API must run with. Workers are stopped when the block ends."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _redis_for(settings) as redis_url:
         served = settings.model_copy(update={"redis_url": redis_url})
@@ -172,12 +173,26 @@ def run_server(
         served = served.model_copy(update={"run_migrations": False})
         processes = _spawn_workers(served.workers, served, redis_url)
         try:
-            click.echo(
-                f"Obliviate API on http://{served.host}:{served.port} (docs: /docs), {len(processes)} worker(s)"
-            )
-            uvicorn_run(create_app(served), host=served.host, port=served.port, log_level="info")
+            yield served
         finally:
             _stop_processes(processes)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_server(
+    settings: Settings, *, uvicorn_run: Callable[..., None], create_app: Callable[[Settings], Any]
+) -> None:
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that
+    # would kill the process before the embedded Redis and the workers are stopped below.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with prepared_service(settings) as served:
+        click.echo(
+            f"Obliviate API on http://{served.host}:{served.port} (docs: /docs), {served.workers} worker(s)"
+        )
+        uvicorn_run(create_app(served), host=served.host, port=served.port, log_level="info")
 
 
 def _migrate_sync(settings: Settings) -> None:

@@ -87,14 +87,9 @@ def running_service(settings: Settings) -> Iterator[str]:
     import uvicorn
 
     from service.app import create_app
-    from service.cli import _migrate_sync, _redis_for, _spawn_workers, _stop_processes
+    from service.cli import prepared_service
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with _redis_for(settings) as redis_url:
-        served = settings.model_copy(update={"redis_url": redis_url})
-        _migrate_sync(served)
-        served = served.model_copy(update={"run_migrations": False})
-        workers = _spawn_workers(max(1, served.workers), served, redis_url)
+    with prepared_service(settings.model_copy(update={"workers": max(1, settings.workers)})) as served:
         config = uvicorn.Config(create_app(served), host=served.host, port=served.port, log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="obliviate-demo-server", daemon=True)
@@ -111,7 +106,6 @@ def running_service(settings: Settings) -> Iterator[str]:
         finally:
             server.should_exit = True
             thread.join(timeout=30)
-            _stop_processes(workers)
 
 
 def pick_people(world: Any, subject: str | None) -> tuple[Any, Any]:
