@@ -11,7 +11,26 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-AnchorKind = Literal["first_name", "last_name", "person", "place", "organization", "other"]
+AnchorKind = Literal[
+    "first_name",
+    "last_name",
+    "person",
+    "place",
+    "organization",
+    "other",
+    # Structured personal data (typed detectors, format-preserving generic replacements).
+    "email",
+    "phone",
+    "card",
+    "account",
+    "iban",
+    "date",
+    "url",
+    "handle",
+    "address",
+    # An attribute value the corpus states about the subject (a pet's name, a title, a condition).
+    "value",
+]
 
 #: Stage names, as the worker enqueues them (kept equal to ``service.jobs``).
 STAGES: tuple[str, ...] = ("reinforce", "mine_anchors", "generate_targets", "unlearn", "evaluate")
@@ -101,6 +120,12 @@ class PipelineOptions(_Strict):
     translations_per_anchor: int = Field(default=2, ge=1, le=10)
     max_new_tokens: int = Field(default=48, ge=1, le=2048, description="Evaluation completion length.")
     seed: int = 0
+    escalation: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Acceptance-gate escalation level (0: as configured); each level trains harder.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     llm: LLMOptions | None = None
 
@@ -131,7 +156,7 @@ class Anchor(BaseModel):
     term: str = Field(min_length=1)
     kind: AnchorKind = "other"
     translations: list[str] = Field(min_length=1)
-    sources: list[Literal["hint", "mined", "llm", "reviewer"]] = Field(default_factory=list)
+    sources: list[Literal["hint", "mined", "llm", "reviewer", "pattern", "value"]] = Field(default_factory=list)
     score: float | None = None
     #: (document index, start char, end char) of each occurrence; positions, never text.
     occurrences: list[tuple[int, int, int]] = Field(default_factory=list)
