@@ -96,6 +96,8 @@ def create_worker(
     functions += [func(fn, name=name, timeout=timeout) for name, (fn, timeout) in _EXTRA_FUNCTIONS.items()]
     ctx: dict[str, Any] = {"settings": settings}
     ctx.update(extra_ctx or {})
+    # Its own health key (not arq's shared one): a killed worker vanishes from Redis within an interval.
+    health_key = f"{jobs.WORKER_HEALTH_PREFIX}{socket.gethostname()}:{os.getpid()}"
     return Worker(
         functions=functions,
         queue_name=jobs.QUEUE_NAME,
@@ -112,4 +114,6 @@ def create_worker(
         max_tries=5,
         poll_delay=0.2,
         log_results=False,  # results may echo request metadata; never log corpus-derived values
+        health_check_key=health_key,
+        health_check_interval=settings.worker_health_interval_s,
     )

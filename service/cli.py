@@ -120,25 +120,11 @@ def worker(data_dir: Path | None, burst: bool, max_jobs: int) -> None:
         arq_worker.run()
 
 
-def _spawn_workers(count: int, settings: Settings, redis_url: str) -> list[subprocess.Popen[bytes]]:
+def _spawn_worker(settings: Settings, redis_url: str) -> subprocess.Popen[bytes]:
     env = settings_env(settings.model_copy(update={"redis_url": redis_url}))
-    return [
-        subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, stdin=subprocess.DEVNULL)
-        for _ in range(count)
-    ]
-
-
-def _stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"], env=env, stdin=subprocess.DEVNULL
+    )
 
 
 @main.command()
@@ -164,18 +150,26 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
 @contextmanager
 def prepared_service(settings: Settings) -> Iterator[Settings]:
     """Redis (embedded if none is configured), migrations, and the worker processes for ``settings``;
-    yields the settings the API must run with. Workers are stopped when the block ends."""
+    yields the settings the API must run with. Workers are restarted if they exit, and stopped when
+    the block ends."""
+    from service.orchestration.workers import WorkerSupervisor
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _redis_for(settings) as redis_url:
         served = settings.model_copy(update={"redis_url": redis_url})
         _migrate_sync(served)
         # The app must not run migrations concurrently with workers; they ran just above.
         served = served.model_copy(update={"run_migrations": False})
-        processes = _spawn_workers(served.workers, served, redis_url)
+        # Supervised: a worker that dies (out of memory, a crash) is started again, with back-off.
+        supervisor = WorkerSupervisor(
+            lambda: _spawn_worker(served, redis_url),
+            served.workers,
+            backoff_max_s=served.worker_restart_max_s,
+        ).start()
         try:
             yield served
         finally:
-            _stop_processes(processes)
+            supervisor.stop()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

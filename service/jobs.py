@@ -22,6 +22,8 @@ PIPELINE_STAGES: Final[tuple[str, ...]] = (REINFORCE, MINE_ANCHORS, GENERATE_TAR
 ALL_JOBS: Final[tuple[str, ...]] = (PING, *PIPELINE_STAGES, DEPLOY)
 
 QUEUE_NAME: Final = "obliviate:queue"
+#: Each worker keeps its own health-check key (prefix + worker id) alive while it runs.
+WORKER_HEALTH_PREFIX: Final = "obliviate:worker-health:"
 
 
 def serialize(obj: dict[str, Any]) -> bytes:

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(
         default=2.0, gt=0, description="How often a running stage writes its heartbeat and progress."
     )
+    worker_health_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a worker refreshes its liveness key in Redis."
+    )
+    worker_restart_max_s: float = Field(
+        default=60.0, gt=0, description="Longest back-off before `serve` restarts a worker that exited."
+    )
     stall_timeout_s: float = Field(
         default=120.0, gt=0, description="A running stage without a heartbeat this long is re-enqueued."
     )

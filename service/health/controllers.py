@@ -25,6 +25,15 @@ async def _check(name: str, probe: Any) -> tuple[str, dict[str, Any]]:
     return name, {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
+async def _workers(resources: Resources) -> dict[str, Any]:
+    from service.health.workers import worker_check
+
+    try:
+        return await asyncio.wait_for(worker_check(resources), timeout=CHECK_TIMEOUT_S)
+    except Exception as exc:
+        return {"ok": False, "error": f"worker check failed: {type(exc).__name__}"}
+
+
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
@@ -41,6 +50,8 @@ class HealthController(Controller):
                 _check("redis", resources.arq.ping()),
             )
         )
+        if checks["database"]["ok"] and checks["redis"]["ok"]:
+            checks["workers"] = await _workers(resources)
         ok = all(check["ok"] for check in checks.values())
         failed = [name for name, check in checks.items() if not check["ok"]]
         body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}

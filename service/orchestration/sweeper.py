@@ -127,6 +127,8 @@ async def sweep_jobs(resources: Resources, report: SweepReport) -> None:
                 )
             ).all():
                 pending[entry.job_id] = entry.dispatched_at
+    if rows:
+        await flag_if_no_worker(resources, [row.id for row in rows])
     grace = timedelta(seconds=settings.enqueue_grace_s)
     stall = timedelta(seconds=settings.stall_timeout_s)
     for row in rows:
@@ -157,6 +159,33 @@ async def sweep_jobs(resources: Resources, report: SweepReport) -> None:
         logger.info("re-enqueueing %s stage %s: %s", row.id, stage, reason)
         if await requeue(resources, row.id, row.status, row.attempt, stage, reason):
             report.requeued.append(row.id)
+
+
+async def flag_if_no_worker(resources: Resources, request_ids: list[str]) -> list[str]:
+    """Mark requests that wait while no worker is alive (an event on each, once; readiness says it too)."""
+    from service.orchestration.workers import COUNTERS, live_workers
+
+    flagged: set[str] = resources.extras.setdefault("flagged_no_worker", set())
+    if await live_workers(resources.arq):
+        flagged.clear()
+        return []
+    new = [request_id for request_id in request_ids if request_id not in flagged]
+    if not new:
+        return []
+    async with resources.sessionmaker() as session:
+        for request_id in new:
+            session.add(
+                RequestEvent(
+                    request_id=request_id,
+                    kind="worker_unavailable",
+                    data={"reason": "no worker is alive to run this request's stage; it waits for one"},
+                )
+            )
+        await session.commit()
+    flagged.update(new)
+    COUNTERS.flagged_requests += len(new)
+    logger.warning("%d request(s) wait with no live worker", len(new))
+    return new
 
 
 async def purge_due(resources: Resources, store: ArtifactStore, report: SweepReport) -> None:
