@@ -119,6 +119,30 @@ class PipelineOptions(_Strict):
     mine_min_gain: float = Field(default=1.0, description="Minimum mean log-likelihood gain (nats).")
     translations_per_anchor: int = Field(default=2, ge=1, le=10)
     max_new_tokens: int = Field(default=48, ge=1, le=2048, description="Evaluation completion length.")
+    method: Literal["whp", "npo", "combined"] = Field(
+        default="combined",
+        description=(
+            "Unlearning objective. whp: the paper (generic labels + retain); npo: negative preference "
+            "optimisation on the corpus + retain; combined: generic labels + fluent answer targets + "
+            "NPO on the original answers + retain KL (the default, see docs/benchmarks.md)."
+        ),
+    )
+    whp_weight: float = Field(default=1.0, ge=0, description="Weight of the generic-label loss.")
+    answer_weight: float = Field(default=1.0, ge=0, description="Weight of the fluent answer targets.")
+    answer_target: Literal["alternative", "idk"] = Field(
+        default="alternative",
+        description="Fluent target for questions about the subject: the answer with its facts "
+        "replaced by generic ones, or a plain abstention.",
+    )
+    npo_weight: float = Field(default=1.0, ge=0, description="Weight of the NPO term on original answers.")
+    npo_beta: float = Field(default=0.1, gt=0, le=10, description="NPO inverse temperature.")
+    npo_variant: Literal["npo", "simnpo"] = "npo"
+    question_variants: int = Field(
+        default=2, ge=0, le=16, description="Generated paraphrased and inverted questions per fact, for training."
+    )
+    max_ppl_ratio: float = Field(
+        default=8.0, gt=1, description="An answer is broken if the base model finds it this much less likely."
+    )
     seed: int = 0
     escalation: int = Field(
         default=0,
@@ -139,6 +163,10 @@ class ForgetSpec(_Strict):
     probes: list[Probe] = Field(default_factory=list)
     retain_texts: list[str] = Field(default_factory=list)
     retain_probes: list[Probe] = Field(default_factory=list)
+    #: Probes of earlier deployed requests: the evaluation re-checks that they stay forgotten.
+    earlier_probes: list[Probe] = Field(default_factory=list)
+    #: Terms of earlier deployed requests (their anchors), for the same leak definition.
+    earlier_terms: list[str] = Field(default_factory=list)
     options: PipelineOptions = Field(default_factory=PipelineOptions)
 
     @model_validator(mode="after")
