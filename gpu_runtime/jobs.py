@@ -6,7 +6,9 @@ A job ``stage(ctx, request_id, stage, attempt)``:
 2. runs the stage in an executor thread, with a heartbeat task that writes progress and notices a
    cancel or a newer attempt (the stage then stops at its next batch),
 3. moves the request to the next state and writes the next outbox row in one transaction (or to a
-   review gate when that gate is on).
+   review gate when that gate is on). After ``evaluate`` the acceptance gate decides
+   (``gpu_runtime.pipeline.gate``, fail closed): a miss goes back to ``unlearn`` one escalation level
+   up, and after the last level to the evaluation review; it is never made ready for auto-deploy.
 
 Bad input fails the request with the pipeline's message; other faults retry (``Retry``) up to
 ``settings.stage_max_tries``. The runner is injectable (``ctx["stage_runner"]``) so orchestration
@@ -32,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gpu_runtime.worker import register_job, register_lifecycle
 from service import jobs
 from service.artifacts.store import ADAPTER, INPUT, SPEC_FILE, WORK, store_for
+from service.audit import chain
 from service.db import create_engine
 from service.db.base import utcnow
 from service.deployments.models import AdapterVersion, ServedAlias
@@ -341,18 +344,22 @@ async def _finish(
         "summary": output.summary,
     }
     target, job = lifecycle.after_stage(stage, list(row.gates))
-    values: dict[str, Any] = {
-        "stages": stages,
-        "progress": lifecycle.overall_progress(stages),
-        "heartbeat_at": None,
-    }
+    values: dict[str, Any] = {"heartbeat_at": None}
     if output.adapter_path is not None:
         values.update(adapter_path=output.adapter_path, adapter_hash=output.adapter_hash)
     if output.metrics is not None:
         values["metrics"] = output.metrics
+    acceptance: Acceptance | None = None
+    if stage == jobs.EVALUATE:
+        acceptance = accept(row, output.metrics or {}, stages)
+        target, job = acceptance.target, acceptance.job
+        values.update(acceptance.values)
+    values.update(stages=stages, progress=lifecycle.overall_progress(stages))
     if target == Status.READY:
         values["finished_at"] = now
     async with sessionmaker() as session:
+        if acceptance is not None:
+            await _record_attempt(session, row, acceptance)
         moved = await transition(
             session,
             row.id,
@@ -374,6 +381,108 @@ async def _finish(
         # lives in the API processes, not in this worker.
         await session.commit()
     return target.value
+
+
+# ---------------------------------------------------------------------------------------------------
+# The acceptance gate after each evaluation: pass, climb the escalation ladder, or stop at review.
+
+
+@dataclass
+class Acceptance:
+    """Where an evaluated request goes, and what the gate's verdict adds to its row."""
+
+    target: Status
+    job: str | None
+    values: dict[str, Any]
+    attempt: dict[str, Any]
+    next_escalation: int | None
+
+
+def _thresholds(options: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from gpu_runtime.pipeline.gate import AcceptanceThresholds
+
+    try:
+        return AcceptanceThresholds(**(options.get("acceptance") or {}))
+    except (ValidationError, TypeError):
+        # Intake validates the option; a row edited since falls back to the policy's defaults.
+        logger.warning("invalid stored acceptance thresholds; using the defaults")
+        return AcceptanceThresholds()
+
+
+def accept(row: ForgetRequest, metrics: dict[str, Any], stages: dict[str, Any]) -> Acceptance:
+    """Run the acceptance gate on an evaluation (fail closed) and plan the next step.
+
+    Passed: on as before (evaluation review if that gate is on, else ready). Failed with rungs left:
+    back to ``unlearn`` at the next ``options.pipeline.escalation`` level (the pipeline trains harder).
+    Failed on the last rung: the evaluation review, opened even when the request had it off. Every
+    attempt's verdict is kept in ``metrics["gate"]["attempts"]``; a failed verdict is never deployed
+    without an admin's override (``service/deployments/services.py``).
+    """
+    from gpu_runtime.pipeline.gate import attempt_record, decide, next_escalation
+
+    thresholds = _thresholds(dict(row.options))
+    pipeline_options = dict(row.options.get("pipeline") or {})
+    current = int(pipeline_options.get("escalation", 0))
+    previous = (row.metrics or {}).get("gate") if isinstance(row.metrics, dict) else None
+    # Earlier rungs of this ladder (a re-run of the same rung replaces its own record).
+    attempts = [
+        a
+        for a in (previous or {}).get("attempts", [])
+        if isinstance(a, dict) and isinstance(a.get("escalation"), int) and a["escalation"] < current
+    ]
+    start = int(attempts[0]["escalation"]) if attempts else current
+    verdict = decide(metrics, thresholds)
+    record = attempt_record(current, verdict)
+    attempts.append(record)
+    gate = {**verdict.record(), "escalation": current, "attempts": attempts}
+    values: dict[str, Any] = {"metrics": {**metrics, "gate": gate, "passed": verdict.passed}}
+    following: int | None = None
+    if verdict.passed:
+        target, job = lifecycle.after_stage(jobs.EVALUATE, list(row.gates))
+    else:
+        following = next_escalation(thresholds, current, start)
+        if following is not None:
+            target, job = Status.UNLEARNING, jobs.UNLEARN
+            values["options"] = {**row.options, "pipeline": {**pipeline_options, "escalation": following}}
+            message = f"acceptance gate failed; retraining at escalation {following}"
+            for again in (jobs.UNLEARN, jobs.EVALUATE):
+                stages[again] = {
+                    **stages.get(again, {}),
+                    "state": "pending",
+                    "progress": 0.0,
+                    "message": message,
+                }
+        else:
+            target, job = Status.AWAITING_EVALUATION_REVIEW, None
+            values["gates"] = sorted({*row.gates, lifecycle.Gate.EVALUATION_REVIEW.value})
+    return Acceptance(target, job, values, record, following)
+
+
+async def _record_attempt(session: AsyncSession, row: ForgetRequest, acceptance: Acceptance) -> None:
+    """An audit link and an event per rung of the ladder (numbers and check names: no corpus text)."""
+    outcome = (
+        "passed"
+        if acceptance.attempt["passed"]
+        else ("escalate" if acceptance.next_escalation is not None else "evaluation_review")
+    )
+    data = {**acceptance.attempt, "outcome": outcome, "next_escalation": acceptance.next_escalation}
+    await chain.append(
+        session, action="acceptance.attempt", actor=WORKER, tenant=row.tenant, request_id=row.id, data=data
+    )
+    session.add(
+        RequestEvent(
+            request_id=row.id,
+            kind="acceptance",
+            data={
+                "escalation": acceptance.attempt["escalation"],
+                "passed": acceptance.attempt["passed"],
+                "failed_checks": [f["check"] for f in acceptance.attempt["failures"]],
+                "outcome": outcome,
+            },
+        )
+    )
 
 
 async def _fail(

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from service import jobs
 from service.audit.chain import NewEvent
 from service.auth.keys import Principal
@@ -39,6 +41,9 @@ class Intake:
     sources: list[str | None]
     corpus_bytes: int
     corpus_hash: str
+    #: The acceptance thresholds in force (defaults filled in): stored with the request, so its
+    #: evaluation and its certificate use the bounds that applied when it was filed.
+    acceptance: dict[str, Any]
 
 
 def check(body: CreateForgetRequest, settings: Settings, extra_documents: list[str] | None = None) -> Intake:
@@ -76,7 +81,23 @@ def check(body: CreateForgetRequest, settings: Settings, extra_documents: list[s
         raise Unprocessable("Hint terms must be distinct", param="hints")
     # Same canonical form as gpu_runtime.pipeline.reinforce.corpus_hash.
     corpus_hash = canonical_hash({"documents": documents, "qa": qa})
-    return Intake(body, documents, sources, size, corpus_hash)
+    return Intake(body, documents, sources, size, corpus_hash, acceptance_thresholds(body))
+
+
+def acceptance_thresholds(body: CreateForgetRequest) -> dict[str, Any]:
+    """The request's ``options.acceptance`` with the gate's defaults and bounds (422 naming the field)."""
+    from pydantic import ValidationError
+
+    from gpu_runtime.pipeline.gate import AcceptanceThresholds  # pydantic only, no torch
+
+    given = body.options.acceptance
+    values = {k: v for k, v in msgspec.structs.asdict(given).items() if v is not None} if given else {}
+    try:
+        return AcceptanceThresholds(**values).model_dump()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = "options.acceptance." + ".".join(str(part) for part in error["loc"])
+        raise Unprocessable(f"{field}: {error['msg']}", param=field) from None
 
 
 def _gates(body: CreateForgetRequest, settings: Settings) -> list[str]:
@@ -130,6 +151,7 @@ def prepare(intake: Intake, *, principal: Principal, settings: Settings) -> Prep
         "retention_s": body.options.retention_s
         if body.options.retention_s is not None
         else settings.retention_s,
+        "acceptance": intake.acceptance,
     }
     if body.options.alpha is not None:
         options["alpha"] = body.options.alpha

@@ -5,9 +5,11 @@
     received → queued → reinforcing → mining_anchors → [awaiting_anchor_review] → generating_targets
      → [awaiting_target_review] → unlearning → evaluating → [awaiting_evaluation_review] → ready → deployed
     (any non-terminal) → failed | cancelled ;  deployed → superseded | rolled_back
+    evaluating → unlearning (the acceptance gate's escalation ladder: the worker retrains harder)
 
 A status named after a stage means "this stage is enqueued or running"; ``queued`` is the same for
-the first stage. Bracketed states are review gates, entered only when the request has that gate on.
+the first stage. Bracketed states are review gates, entered only when the request has that gate on (and the
+evaluation review also when the acceptance gate still fails after the last escalation).
 Every change goes through :data:`ALLOWED`, so the server enforces the order (no deploy before
 evaluation, no skipping a gate).
 """
@@ -109,6 +111,9 @@ def _allowed() -> dict[Status, frozenset[Status]]:
         if gate is not None:
             table[status].add(GATE_STATUS[gate])
             table[GATE_STATUS[gate]].add(after)
+    # A failed acceptance gate retrains at the next escalation level; after the last level the
+    # request waits at the evaluation review (entered then even when that gate is off).
+    table[S.EVALUATING].add(S.UNLEARNING)
     table[S.DEPLOYED] |= {S.SUPERSEDED, S.ROLLED_BACK}
     table[S.READY].add(S.DEPLOYED)
     for status in CANCELLABLE:

@@ -11,6 +11,7 @@ NonEmpty200 = Annotated[str, Meta(min_length=1, max_length=200)]
 Text = Annotated[str, Meta(min_length=1)]
 Opaque = Annotated[str, Meta(max_length=512)]
 HintKind = Literal["first_name", "last_name", "person", "place", "organization", "other"]
+Rate = Annotated[float, Meta(ge=0, le=1)]
 GateName = Literal["anchor_review", "target_review", "evaluation_review"]
 
 
@@ -41,12 +42,26 @@ class Probe(Struct, forbid_unknown_fields=True):
     reference: Annotated[str, Meta(max_length=4000)] = ""
 
 
+class Acceptance(Struct, forbid_unknown_fields=True):
+    """Acceptance thresholds (omitted fields: the defaults of ``gpu_runtime.pipeline.gate``, which also
+    checks the bounds). A request that misses them is retrained harder, then waits at the evaluation
+    review; it is never auto-deployed, and a manual deploy needs an admin's override."""
+
+    max_original_leaks: Annotated[int, Meta(ge=0)] | None = None
+    max_heldout_leak_rate: Rate | None = None
+    max_broken_rate: Rate | None = None
+    min_retain_ratio: Rate | None = None
+    max_earlier_leaks: Annotated[int, Meta(ge=0)] | None = None
+    max_attempts: Annotated[int, Meta(ge=1, le=6)] | None = None
+
+
 class Options(Struct, forbid_unknown_fields=True):
     alpha: Annotated[float, Meta(ge=0, le=100)] | None = None
     review_gates: list[GateName] | None = None
     deploy_policy: Literal["auto", "manual"] = "manual"
     target_alias: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = "chat"
     retention_s: Annotated[float, Meta(ge=0)] | None = None
+    acceptance: Acceptance | None = None
 
 
 class CreateForgetRequest(Struct, forbid_unknown_fields=True):

@@ -96,6 +96,22 @@ async def run_worker_burst(
 
 # --- A stage runner test double: fast, deterministic, no model. Real stages are tested separately. ---
 
+#: An evaluation summary (the evaluate stage's metrics contract) that meets the default acceptance gate.
+PASSING_METRICS: dict[str, Any] = {
+    **{
+        f"{prefix}_{kind}": value
+        for kind in ("probe", "original", "paraphrase", "inverted", "completion")
+        for prefix, value in (
+            ("leaks_after", 0),
+            ("n", 10),
+            ("leak_rate_after", 0.0),
+            ("leak_rate_before", 0.8),
+        )
+    },
+    "broken_rate_after": 0.0,
+    "broken_rate_before": 0.0,
+}
+
 
 def fake_stage_runner(inp: Any) -> Any:
     """Test double for ``gpu_runtime.jobs.pipeline_runner``: reports progress, honours cancel, writes a tiny adapter."""
@@ -123,7 +139,7 @@ def fake_stage_runner(inp: Any) -> Any:
         out.adapter_path = str(inp.adapter_dir)
         out.adapter_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
     if inp.stage == "evaluate":
-        out.metrics = {"forget": {"leak_rate": 0.0}, "retain": {"perplexity_ratio": 1.01}}
+        out.metrics = {"forget": {"leak_rate": 0.0}, "retain": {"perplexity_ratio": 1.01}, **PASSING_METRICS}
     return out
 
 
