@@ -4,6 +4,10 @@
 
 with first-occurrence masking (a position predicting a repeated anchor gets label -100) and the
 first tokens of translations already used in the block lowered to the row's mean logit in g.
+Beyond the paper (``translate.LabelRules``; ``method="whp"`` keeps the paper's labels): positions
+that ``TranslatedBlock.unlabelled`` lists get -100 (QA question and template tokens, the final
+position), and inside a whole-value anchor the true next token is set to the lowest float in g
+(``suppressed``), so no token of a card number or date is labelled with its true continuation.
 The baseline and the reinforced model share one copy of the weights: the reinforced model is the
 baseline plus the reinforcement LoRA, and ``disable_adapter()`` gives the baseline back.
 Per-position confidence is the baseline's probability of the chosen label; blocks whose mean or
@@ -19,20 +23,21 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result, stage_output
-from .translate import TranslatedBlock
+from .translate import TranslatedBlock, label_rules
 from .types import CancelFn, ForgetSpec, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
 STAGE = "generate_targets"
 DIR = "targets"
 IGNORE = -100
+SUPPRESSED = torch.finfo(torch.float32).min
 
 
 @dataclass
@@ -57,7 +62,20 @@ def ignore_mask(block: TranslatedBlock) -> torch.Tensor:
     ignore = torch.tensor([m < 0 for m in block.mapping], dtype=torch.bool)
     if block.masked:
         ignore[torch.tensor(block.masked, dtype=torch.long)] = True
+    if block.unlabelled:
+        ignore[torch.tensor(block.unlabelled, dtype=torch.long)] = True
     return ignore
+
+
+def suppress_mask(block: TranslatedBlock, vocab: int) -> torch.Tensor | None:
+    """[T, V] bool: True where a whole value's true next token may not be the label (None: nowhere)."""
+    if not block.suppressed:
+        return None
+    mask = torch.zeros((len(block.original_ids), vocab), dtype=torch.bool)
+    for pos, tok in block.suppressed:
+        if tok < vocab:
+            mask[pos, tok] = True
+    return mask
 
 
 def generic_labels(
@@ -66,16 +84,21 @@ def generic_labels(
     alpha: float,
     lower: torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
+    suppress: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Equation (1) on aligned logit rows g (baseline, translated) and r (reinforced, original).
 
     Returns (labels with -100 where ignored, confidence = softmax(g)[label], NaN where ignored).
-    Lowered entries of g are set to the row's mean logit before the equation, as in the reference.
+    Lowered entries of g are set to the row's mean logit before the equation, as in the reference;
+    suppressed entries (after lowering, so the mean stays finite) to the lowest float (not -inf:
+    with alpha = 0, 0 * inf would be NaN, and argmax picks NaN).
     """
     g = g.float()
     r = r.float()
     if lower is not None and bool(lower.any()):
         g = torch.where(lower, g.mean(dim=-1, keepdim=True).expand_as(g), g)
+    if suppress is not None:
+        g = g.masked_fill(suppress, SUPPRESSED)
     v = g - alpha * torch.relu(r - g)
     labels = v.argmax(dim=-1)
     conf = torch.softmax(g, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
@@ -115,8 +138,14 @@ def compute_targets(
             g = g_all[i].index_select(0, idx)
             r = r_all[i, :n]
             vocab = g.shape[-1]
+            sup = suppress_mask(blk, vocab)
             labels, conf = generic_labels(
-                g, r, alpha, lowering_mask(blk, vocab).to(g.device), ignore_mask(blk).to(g.device)
+                g,
+                r,
+                alpha,
+                lowering_mask(blk, vocab).to(g.device),
+                ignore_mask(blk).to(g.device),
+                sup.to(g.device) if sup is not None else None,
             )
             out.append(
                 BlockTargets(
@@ -142,7 +171,7 @@ def generate_targets_reference(
         dev_r = next(reinforced.parameters()).device
         g_t = baseline(input_ids=torch.tensor([blk.translated_ids], device=dev_b)).logits[0].float().cpu()
         r_o = reinforced(input_ids=torch.tensor([blk.original_ids], device=dev_r)).logits[0].float().cpu()
-        masked = set(blk.masked)
+        masked = set(blk.masked) | set(blk.unlabelled)
         labels: list[int] = []
         conf: list[float] = []
         for p in range(len(blk.original_ids)):
@@ -155,6 +184,9 @@ def generate_targets_reference(
             for pos, tok in blk.used_first_tokens:
                 if pos <= p:
                     g[tok] = mean
+            for pos, tok in blk.suppressed:
+                if pos == p:
+                    g[tok] = SUPPRESSED
             r = r_o[p]
             v = g - alpha * torch.clamp(r - g, min=0)
             label = int(torch.argmax(v))
@@ -219,11 +251,12 @@ def targets_input_hash(spec: ForgetSpec, reinforce_hash: str, anchors: Any) -> s
     return hash_json(
         {
             "stage": STAGE,
-            "v": 1,
+            "v": 2,
             "reinforce": reinforce_hash,
-            "anchors": [[a.term, a.translations] for a in anchors.anchors],
+            "anchors": [[a.term, a.kind, a.translations] for a in anchors.anchors],
             "corpus": corpus_hash(spec),
             "opts": [o.alpha, o.block_size, o.confidence_threshold, o.min_confidence_threshold],
+            "rules": asdict(label_rules(o)),
         }
     )
 
@@ -245,7 +278,7 @@ def generate_targets(
     from .anchors import load_anchors
     from .models import attach_adapter, load_baseline, load_tokenizer
     from .reinforce import reinforce_output
-    from .translate import corpus_texts, translate_corpus
+    from .translate import corpus_label_spans, corpus_texts, translate_corpus
 
     rep = Reporter(STAGE, progress, should_cancel)
     work = Path(work_dir)
@@ -259,7 +292,14 @@ def generate_targets(
     rep.check()
     o = spec.options
     tokenizer = load_tokenizer(base_model_dir)
-    blocks = translate_corpus(tokenizer, corpus_texts(spec, tokenizer), anchors.anchors, o.block_size)
+    blocks = translate_corpus(
+        tokenizer,
+        corpus_texts(spec, tokenizer),
+        anchors.anchors,
+        o.block_size,
+        rules=label_rules(o),
+        label_spans=corpus_label_spans(spec, tokenizer),
+    )
     rep(0.1, f"{len(blocks)} block(s) translated")
     model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), adapter_dir)
     targets = compute_targets(

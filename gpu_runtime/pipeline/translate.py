@@ -9,6 +9,16 @@ translation's last token so that it still predicts the next real word.
 Unlike the reference script, each document is tokenised once (no BOS per piece, no split words),
 the last partial block is kept, a repeated anchor at position 0 is handled, and positions are
 computed in one pass.
+
+``LabelRules`` holds where our labels differ from the paper's (forgetting.md, Direction 1-2); the
+paper's rules stay available (``PipelineOptions.method == "whp"``):
+- answer only: in QA/chat input, only positions that predict an answer token are labelled;
+- no label after the last token of a document (it predicts nothing);
+- whole values: inside a typed or value anchor (a card number, a date), each inner position is
+  mapped to the translation's token at the same relative index and its true next token is
+  suppressed, so the model given the first digits does not complete the rest;
+- lowering a used translation's first token only when it is a word-initial piece of at least
+  ``min_lower_chars`` characters (lowering " H" or " 4" would hit every word starting with it).
 """
 
 from __future__ import annotations
@@ -22,7 +32,31 @@ from transformers import PreTrainedTokenizerBase
 
 from .errors import BadInput
 from .models import render_qa, special_prefix
-from .types import Anchor, ForgetSpec
+from .types import Anchor, ForgetSpec, PipelineOptions, QAPair
+
+#: Anchor kinds whose every token is labelled (structured values and attribute values).
+WHOLE_VALUE_KINDS = frozenset(
+    {"email", "phone", "card", "account", "iban", "date", "url", "handle", "address", "value"}
+)
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """Which positions get labels, and which tokens are lowered; ``PAPER`` is the WHP script's."""
+
+    answer_only: bool = True
+    label_last: bool = False
+    whole_values: bool = True
+    min_lower_chars: int = 3
+
+
+PAPER = LabelRules(answer_only=False, label_last=True, whole_values=False, min_lower_chars=0)
+OURS = LabelRules()
+
+
+def label_rules(options: PipelineOptions) -> LabelRules:
+    """The paper's rules for ``method="whp"``, ours otherwise."""
+    return PAPER if getattr(options, "method", "combined") == "whp" else OURS
 
 
 @dataclass(frozen=True)
@@ -75,6 +109,10 @@ class TranslatedBlock:
     masked: list[int]
     used_first_tokens: list[tuple[int, int]]
     translation_index: int
+    #: Positions whose label is -100 by ``LabelRules`` (question/template tokens, after the last token).
+    unlabelled: list[int] = field(default_factory=list)
+    #: (position, token id): the true next token inside a whole-value anchor, lowest in g there.
+    suppressed: list[tuple[int, int]] = field(default_factory=list)
 
 
 def corpus_texts(spec: ForgetSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -82,6 +120,38 @@ def corpus_texts(spec: ForgetSpec, tokenizer: PreTrainedTokenizerBase) -> list[s
     texts = [d for d in spec.documents if d.strip()]
     texts += [render_qa(tokenizer, qa) for qa in spec.qa_pairs]
     return texts
+
+
+def qa_spans(tokenizer: PreTrainedTokenizerBase, qa: QAPair) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Character spans (question, answer) of a QA pair in its rendered text (``render_qa``).
+
+    The answer is searched after the question, so an answer that repeats the question's words is
+    still found in its own turn; if a template rewrote the content, everything after the question
+    counts as the answer.
+    """
+    text = render_qa(tokenizer, qa)
+    q, a = qa.question.strip(), qa.answer.strip()
+    qs = text.find(q)
+    q_span = (qs, qs + len(q)) if qs >= 0 else (0, 0)
+    as_ = text.find(a, q_span[1])
+    a_span = (as_, as_ + len(a)) if as_ >= 0 else (q_span[1], len(text))
+    return q_span, a_span
+
+
+def corpus_label_spans(
+    spec: ForgetSpec, tokenizer: PreTrainedTokenizerBase
+) -> list[list[tuple[int, int]] | None]:
+    """Per text of ``corpus_texts``: the character spans whose tokens are labelled (None: all)."""
+    spans: list[list[tuple[int, int]] | None] = [None for d in spec.documents if d.strip()]
+    spans += [[qa_spans(tokenizer, qa)[1]] for qa in spec.qa_pairs]
+    return spans
+
+
+def content_spans(spec: ForgetSpec, tokenizer: PreTrainedTokenizerBase) -> list[list[tuple[int, int]] | None]:
+    """Per text of ``corpus_texts``: the spans a person wrote (question and answer, no template)."""
+    spans: list[list[tuple[int, int]] | None] = [None for d in spec.documents if d.strip()]
+    spans += [list(qa_spans(tokenizer, qa)) for qa in spec.qa_pairs]
+    return spans
 
 
 def tokenize_document(tokenizer: PreTrainedTokenizerBase, text: str) -> DocTokens:
@@ -192,13 +262,48 @@ def encode_piece(tokenizer: PreTrainedTokenizerBase, piece: str) -> list[int]:
     return list(tokenizer.encode(piece, add_special_tokens=False))
 
 
+def _lowerable(tokenizer: PreTrainedTokenizerBase, token: int, min_chars: int) -> bool:
+    """May a translation's first token be lowered? Only a word-initial piece of ``min_chars`` or more
+    characters ("ĠHar"), not " ", " H" or " 4", which start countless other words."""
+    if min_chars <= 0:
+        return True
+    core = tokenizer.decode([token]).strip()
+    return len(core) >= min_chars and core[0].isalpha()
+
+
+def _unlabelled_positions(
+    doc: DocTokens, block: Block, spans: Sequence[tuple[int, int]] | None, rules: LabelRules
+) -> list[int]:
+    """Block positions whose label is -100 by the rules (QA: not predicting an answer token; the
+    document's final position)."""
+    out: list[int] = []
+    if rules.answer_only and spans is not None:
+        for t in range(block.start, block.end):
+            nxt = t + 1
+            if nxt >= len(doc.ids):
+                out.append(t - block.start)
+                continue
+            s, e = doc.offsets[nxt]
+            if nxt < doc.n_prefix or not any(s < b and a < max(e, s + 1) for a, b in spans):
+                out.append(t - block.start)
+    if not rules.label_last and block.end == len(doc.ids) and block.end > block.start:
+        out.append(block.end - 1 - block.start)
+    return sorted(set(out))
+
+
 def translate_block(
-    tokenizer: PreTrainedTokenizerBase, doc: DocTokens, block: Block, anchors: Sequence[Anchor]
+    tokenizer: PreTrainedTokenizerBase,
+    doc: DocTokens,
+    block: Block,
+    anchors: Sequence[Anchor],
+    rules: LabelRules = PAPER,
+    label_spans: Sequence[tuple[int, int]] | None = None,
 ) -> TranslatedBlock:
     original = doc.ids[block.start : block.end]
     translated: list[int] = []
     mapping = [-1] * len(original)
     masked: list[int] = []
+    suppressed: list[tuple[int, int]] = []
     used: dict[int, int] = {}
     seen_anchors: set[int] = set()
     k = block.index
@@ -224,9 +329,19 @@ def translate_block(
         if occ.anchor in seen_anchors and first_pos > 0:
             masked.append(first_pos - 1)
         seen_anchors.add(occ.anchor)
+        t0 = len(translated)
         translated.extend(piece_ids)
         mapping[last_pos] = len(translated) - 1
-        used.setdefault(piece_ids[0], last_pos)
+        n_orig, n_tr = last_pos - first_pos + 1, len(piece_ids)
+        if rules.whole_values and anchor.kind in WHOLE_VALUE_KINDS and n_orig > 1:
+            # Inner position j (predicting the value's token j+1) stands for the translation's
+            # token at the same relative index, and may not predict the true token.
+            for j in range(n_orig - 1):
+                q = t0 + (j * (n_tr - 1)) // (n_orig - 1) if n_tr > 1 else t0
+                mapping[first_pos + j] = q
+                suppressed.append((first_pos + j, original[first_pos + j + 1]))
+        if _lowerable(tokenizer, piece_ids[0], rules.min_lower_chars):
+            used.setdefault(piece_ids[0], last_pos)
         t = occ.tok_end
     return TranslatedBlock(
         doc=block.doc,
@@ -237,20 +352,39 @@ def translate_block(
         masked=masked,
         used_first_tokens=sorted((pos, tok) for tok, pos in used.items()),
         translation_index=k,
+        unlabelled=_unlabelled_positions(doc, block, label_spans, rules),
+        suppressed=suppressed,
     )
 
 
 def translate_corpus(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], anchors: Sequence[Anchor], block_size: int
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    anchors: Sequence[Anchor],
+    block_size: int,
+    *,
+    rules: LabelRules = PAPER,
+    label_spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
 ) -> list[TranslatedBlock]:
-    """Tokenise, block and translate every document."""
+    """Tokenise, block and translate every document.
+
+    ``label_spans[d]``: character spans of text ``d`` whose tokens get labels (``corpus_label_spans``;
+    None: every token), used when ``rules.answer_only``.
+    """
     for a in anchors:
         if not a.translations or any(not w.strip() for w in a.translations):
             raise BadInput(f"anchor #{anchors.index(a)} has an empty translation")
+    if label_spans is not None and len(label_spans) != len(texts):
+        raise ValueError("label_spans must have one entry per text")
     docs = [tokenize_document(tokenizer, t) for t in texts]
     occs = [find_occurrences(d, anchors) for d in docs]
     blocks = make_blocks(docs, block_size, occs)
-    return [translate_block(tokenizer, docs[b.doc], b, anchors) for b in blocks]
+    return [
+        translate_block(
+            tokenizer, docs[b.doc], b, anchors, rules, label_spans[b.doc] if label_spans is not None else None
+        )
+        for b in blocks
+    ]
 
 
 def plain_blocks(
