@@ -352,14 +352,18 @@ def _run_with_session(settings: Settings, work: Callable[[Any], Any]) -> Any:
 
 @main.group()
 def keys() -> None:
-    """API keys: each is bound to a tenant and a role (submitter, reviewer, admin)."""
+    """API keys: each is bound to a tenant and a role (submitter, reviewer, admin, operator)."""
 
 
 @keys.command("create")
 @data_dir_option
 @click.option("--tenant", required=True, help="Tenant the key belongs to.")
 @click.option(
-    "--role", type=click.Choice(["submitter", "reviewer", "admin"]), default="submitter", show_default=True
+    "--role",
+    type=click.Choice(["submitter", "reviewer", "admin", "operator"]),
+    default="submitter",
+    show_default=True,
+    help="operator: runs the service for every tenant (the only role that may query the base model).",
 )
 @click.option("--name", default="", help="A label to recognise the key by.")
 def keys_create(data_dir: Path | None, tenant: str, role: str, name: str) -> None:

@@ -262,7 +262,7 @@ def run_demo(
         echo(f"Audit trail: {base_url}/v1/forget-requests/{request.id}/audit")
         if keep_serving:
             echo(f"\nStill serving at {base_url}; talk to it with the openai client (base_url={base_url}/v1,"
-                 f" api_key={key}, model='chat' or 'base'). Ctrl-C to stop.")  # fmt: skip
+                 f" api_key={key}, model='chat'). Ctrl-C to stop.")  # fmt: skip
             try:
                 while True:
                     time.sleep(3600)

@@ -6,7 +6,7 @@ independent of temperature and top-p, so they are comparable across requests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,8 @@ class StepChoice:
     logprobs: list[float]
     # Per row: list of (token_id, logprob), best first; empty when the row asked for none.
     top: list[list[tuple[int, float]]]
+    # Rows whose sampling failed (index -> error): only those requests fail, the batch goes on.
+    errors: dict[int, Exception] = field(default_factory=dict)
 
 
 def _sample_row(logits: torch.Tensor, s: RowSampling) -> torch.Tensor:
@@ -33,23 +35,30 @@ def _sample_row(logits: torch.Tensor, s: RowSampling) -> torch.Tensor:
     if s.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        # Keep the smallest prefix whose mass reaches top_p. The most likely token always stays, also
+        # when top_p is below float32's resolution (1e-50 rounds to 0, which would drop every token).
         drop = cumulative - sorted_probs >= s.top_p
+        drop[..., 0] = False
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=s.generator)[0]
 
 
 def choose_tokens(logits: torch.Tensor, rows: list[RowSampling]) -> StepChoice:
-    """Pick one token per row of ``logits`` ([batch, vocab])."""
+    """Pick one token per row of ``logits`` ([batch, vocab]); a row whose sampling raises is reported in
+    ``errors`` (its token is the greedy one, to be discarded) instead of failing every row."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     chosen = torch.argmax(logits, dim=-1)
+    errors: dict[int, Exception] = {}
     sampled = [i for i, r in enumerate(rows) if r.generator is not None and r.temperature > 0.0]
     if sampled:
         chosen = chosen.clone()
         for i in sampled:
-            chosen[i] = _sample_row(logits[i], rows[i])
+            try:
+                chosen[i] = _sample_row(logits[i], rows[i])
+            except Exception as exc:  # e.g. a distribution that underflowed: this row only
+                errors[i] = exc
     chosen_lp = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
     k = max((r.top_logprobs for r in rows), default=0)
     top: list[list[tuple[int, float]]] = [[] for _ in rows]
@@ -59,4 +68,4 @@ def choose_tokens(logits: torch.Tensor, rows: list[RowSampling]) -> StepChoice:
         for i, r in enumerate(rows):
             if r.top_logprobs:
                 top[i] = list(zip(idxs[i][: r.top_logprobs], vals[i][: r.top_logprobs], strict=True))
-    return StepChoice(token_ids=chosen.tolist(), logprobs=chosen_lp.tolist(), top=top)
+    return StepChoice(token_ids=chosen.tolist(), logprobs=chosen_lp.tolist(), top=top, errors=errors)

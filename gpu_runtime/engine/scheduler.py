@@ -283,6 +283,17 @@ class Scheduler:
 
     def _prefill(self, handles: list[RequestHandle]) -> None:
         assert self._device is not None
+        # Per-row setup first (seeded generators, stop handling): a row that cannot be set up fails
+        # alone, before the batch's forward pass.
+        rows: list[_Row] = []
+        for h in handles:
+            try:
+                rows.append(self._new_row(h))
+            except Exception as exc:
+                self._fail_row(h, exc)
+        handles = [r.handle for r in rows]
+        if not handles:
+            return
         width = max(len(h.prompt_ids) for h in handles)
         ids = torch.full((len(handles), width), self._pad, dtype=torch.long)
         mask = torch.zeros((len(handles), width), dtype=torch.long)
@@ -303,7 +314,6 @@ class Scheduler:
             logits_to_keep=1,
             **{self._cache_kwarg: cache},
         )
-        rows = [self._new_row(h) for h in handles]
         batch = KVBatch(cache, mask)
         if self._mergeable is None:
             self._mergeable = batch.mergeable
@@ -380,36 +390,52 @@ class Scheduler:
             if h.cancelled:
                 self._finish_cancelled(h)
                 continue
-            token = choice.token_ids[i]
-            row.generated.append(token)
-            self._tokens += 1
-            is_eos = token in self._eos and not h.request.ignore_eos
-            delta = "" if is_eos else row.text.add(token)
-            finish: FinishReason | None = None
-            if is_eos or row.text.stopped:
-                finish = "stop"
-            elif len(row.generated) >= h.max_tokens:
-                finish = "length"
-            if finish is not None:
-                delta += row.text.flush()
-            lp: TokenLogprob | None = None
-            if h.request.logprobs or h.request.top_logprobs:
-                lp = TokenLogprob(
-                    token_id=token,
-                    token=self._token_text(token),
-                    logprob=choice.logprobs[i],
-                    top_logprobs=[TopLogprob(t, self._token_text(t), v) for t, v in choice.top[i]],
-                )
-                row.logprobs.append(lp)
-            usage = Usage(len(h.prompt_ids), len(row.generated)) if finish else None
-            if h.streaming:
-                h.deliver(TokenEvent(len(row.generated) - 1, token, delta, lp, finish, usage))
-            if finish is None:
-                row.pending = token
-                keep.append(i)
-            else:
-                self._finish(row, finish)
+            if i in choice.errors:
+                self._fail_row(h, choice.errors[i])
+                continue
+            try:
+                if self._accept_row(row, choice, i):
+                    keep.append(i)
+            except Exception as exc:  # detokenizing, stop handling: this request fails, not its batch
+                self._fail_row(h, exc)
         return keep
+
+    def _fail_row(self, h: RequestHandle, exc: Exception) -> None:
+        log.warning("request %s failed alone in its batch: %s", h.request_id, type(exc).__name__)
+        self._finish_error(h, EngineError(f"generation failed for this request: {type(exc).__name__}"))
+
+    def _accept_row(self, row: _Row, choice: Any, i: int) -> bool:
+        """Take row ``i``'s sampled token; True if the row goes on."""
+        h = row.handle
+        token = choice.token_ids[i]
+        row.generated.append(token)
+        self._tokens += 1
+        is_eos = token in self._eos and not h.request.ignore_eos
+        delta = "" if is_eos else row.text.add(token)
+        finish: FinishReason | None = None
+        if is_eos or row.text.stopped:
+            finish = "stop"
+        elif len(row.generated) >= h.max_tokens:
+            finish = "length"
+        if finish is not None:
+            delta += row.text.flush()
+        lp: TokenLogprob | None = None
+        if h.request.logprobs or h.request.top_logprobs:
+            lp = TokenLogprob(
+                token_id=token,
+                token=self._token_text(token),
+                logprob=choice.logprobs[i],
+                top_logprobs=[TopLogprob(t, self._token_text(t), v) for t, v in choice.top[i]],
+            )
+            row.logprobs.append(lp)
+        usage = Usage(len(h.prompt_ids), len(row.generated)) if finish else None
+        if h.streaming:
+            h.deliver(TokenEvent(len(row.generated) - 1, token, delta, lp, finish, usage))
+        if finish is None:
+            row.pending = token
+            return True
+        self._finish(row, finish)
+        return False
 
     def _finish(self, row: _Row, reason: FinishReason) -> None:
         h = row.handle

@@ -47,6 +47,8 @@ class GenerationRequest:
             raise InvalidRequest(f"temperature: must be in [0, 10], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequest(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            raise InvalidRequest(f"seed: must fit a signed 64-bit integer, got {self.seed}")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"top_logprobs: must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         if isinstance(self.stop, str):

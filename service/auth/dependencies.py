@@ -7,7 +7,7 @@ Usage in a controller::
     class ThingController(Controller):
         dependencies = AUTH_DEPENDENCIES        # provides ``principal``
 
-    @post("/things", guards=[require_role(Role.REVIEWER)])   # admin always passes
+    @post("/things", guards=[require_role(Role.REVIEWER)])   # admin, operator always pass
     async def make(self, principal: Principal) -> ...:
         ...  # principal.tenant scopes every query; another tenant's object is a 404
 
@@ -84,8 +84,12 @@ async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Prin
 
 
 def require_role(*roles: Role | str) -> Callable[..., Coroutine[Any, Any, None]]:
-    """A guard that lets only these roles through (admin always passes); 401/403 otherwise."""
-    allowed = {Role(role) for role in roles} | {Role.ADMIN}
+    """A guard that lets only these roles through (admin and operator always pass); 401/403 otherwise.
+
+    The operator runs the service for every tenant; it can do what its own tenant's admin can (objects
+    stay tenant-scoped), plus what only it may: query the base model and manage global aliases.
+    """
+    allowed = {Role(role) for role in roles} | {Role.ADMIN, Role.OPERATOR}
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = await authenticate(connection)

@@ -24,6 +24,9 @@ class Role(StrEnum):
     SUBMITTER = "submitter"
     REVIEWER = "reviewer"
     ADMIN = "admin"
+    # Runs the service for every tenant: the only role that may query the unmodified base model (it still
+    # knows every tenant's forgotten subjects) and manage global aliases.
+    OPERATOR = "operator"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,13 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter
 from msgspec import Meta, Struct
 
 from service.auth.dependencies import Principal, Role, provide_principal, require_role
+from service.core.errors import Forbidden
 from service.core.state import Resources
 from service.deployments import services
 from service.deployments.idempotency import once
 from service.deployments.models import AdapterVersion
-from service.deployments.serving import AliasView, fingerprint
+from service.deployments.serving import AliasView, fingerprint, get_serving
+from service.forget import service as forget_service
 
 
 class DeployBody(Struct, forbid_unknown_fields=True):
@@ -47,8 +49,10 @@ def version_out(version: AdapterVersion, principal: Principal) -> dict[str, Any]
     }
 
 
-def alias_out(view: AliasView) -> dict[str, Any]:
-    return {
+def alias_out(view: AliasView, replicas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The alias's desired version (the database's), and with ``replicas`` what each serving replica
+    really serves: ``state`` serving/unavailable, desired vs loaded version, and the load error."""
+    out: dict[str, Any] = {
         "object": "deployment",
         "alias": view.alias,
         "version": view.version,
@@ -59,6 +63,30 @@ def alias_out(view: AliasView) -> dict[str, Any]:
         "generation": view.generation,
         "updated_at": view.updated_at.isoformat() if view.updated_at else None,
     }
+    if replicas is not None:
+        per_replica = [
+            {"replica": r["replica"], **r["aliases"][view.alias]}
+            for r in replicas
+            if view.alias in r.get("aliases", {})
+        ]
+        out["replicas"] = per_replica
+        out["state"] = (
+            "unavailable"
+            if any(r["state"] != "serving" for r in per_replica)
+            else ("serving" if per_replica else "no_serving_replica")
+        )
+    return out
+
+
+def _check_alias_rights(principal: Principal, alias: str, served_alias: str) -> None:
+    # Global aliases other than the served one are operator-managed: a tenant that could create them
+    # would use up adapter slots that every tenant's deploys need.
+    if alias != served_alias and principal.role != Role.OPERATOR:
+        raise Forbidden(
+            f"Alias '{alias}' is not the served alias '{served_alias}'; only operator keys manage other aliases",
+            param="alias",
+            code="alias_forbidden",
+        )
 
 
 class DeploymentsController(Controller):
@@ -71,9 +99,11 @@ class DeploymentsController(Controller):
         self, resources: NamedDependency[Resources], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
         views, versions = await services.history(resources)
+        replicas = await get_serving(resources).replica_states()
         return {
             "object": "list",
-            "data": [alias_out(v) for v in views],
+            "data": [alias_out(v, replicas) for v in views],
+            "replicas": replicas,
             "versions": [version_out(v, principal) for v in versions],
         }
 
@@ -81,7 +111,7 @@ class DeploymentsController(Controller):
         "/",
         status_code=201,
         summary="Deploy a ready request's adapter (hot swap); optional Idempotency-Key",
-        guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
+        guards=[require_role(Role.SUBMITTER, Role.ADMIN, Role.OPERATOR)],
     )
     async def create_deployment(
         self,
@@ -90,6 +120,14 @@ class DeploymentsController(Controller):
         principal: NamedDependency[Principal],
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[dict[str, Any]]:
+        served = resources.settings.served_alias
+        alias = data.alias
+        if alias is None:
+            async with resources.sessionmaker() as session:
+                row = await forget_service.get_for_tenant(session, principal.tenant, data.request_id)
+                alias = str((row.options or {}).get("target_alias") or served)
+        _check_alias_rights(principal, alias, served)
+
         async def run() -> dict[str, Any]:
             outcome = await services.deploy(resources, data.request_id, principal=principal, alias=data.alias)
             assert outcome.version is not None
@@ -118,6 +156,7 @@ class DeploymentsController(Controller):
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[dict[str, Any]]:
         body = data or RollbackBody()
+        _check_alias_rights(principal, alias, resources.settings.served_alias)
 
         async def run() -> dict[str, Any]:
             outcome = await services.rollback(

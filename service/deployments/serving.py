@@ -4,18 +4,28 @@ The database says which version each alias serves (``served_aliases``, with a ``
 grows on every change). Each replica polls it every ``reconcile_interval`` seconds, and wakes at once
 when another replica announces a change on Redis pub/sub (a lost message costs one poll). For an
 alias whose generation moved it loads the version's adapter first (hash checked), then flips the
-engine alias. A load that fails (file missing on this host, hash mismatch) leaves the alias where it
-was and is retried on the next tick: a replica never serves an adapter it could not verify. A
-restarted replica runs one pass before it accepts requests.
+engine alias. A restarted replica runs one pass before it accepts requests.
+
+Fail closed: when the version the database wants cannot be loaded here (file missing on this host,
+hash mismatch, load error), the alias is taken out of the engine and answers 503 ``alias_unavailable``
+until the load succeeds -- never the base model, never an older version, both of which still know what
+was forgotten. Until the first pass has read the database the served alias is not served either. The
+failure is logged once per transition (and once on recovery), counted in :class:`ServingMetrics`,
+reported by ``/health/ready`` and per replica in ``/v1/deployments``; loads are retried with back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import secrets
+import socket
+import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +39,10 @@ logger = logging.getLogger("obliviate.deployments")
 
 SERVING_KEY = "serving"
 CHANGES_CHANNEL = "obliviate:deployments:changed"
+# Each serving replica publishes its per-alias state here (a key per replica, expiring), so any replica
+# can show every replica's real state in /v1/deployments.
+REPLICA_KEY_PREFIX = "obliviate:serving:replica:"
+MAX_RETRY_S = 10.0
 
 
 def engine_adapter_id(request_id: str | None, version_id: str) -> str:
@@ -57,13 +71,71 @@ class AliasView:
     updated_at: datetime | None = None
 
 
+@dataclass
+class AliasFault:
+    """Why this replica cannot serve the version an alias should serve."""
+
+    code: str  # not_loaded_yet | adapter_missing | hash_mismatch | load_failed
+    message: str
+    version: int
+    generation: int
+    since: float = field(default_factory=time.time)
+    attempts: int = 0
+    next_try: float = 0.0  # monotonic
+
+
+@dataclass
+class ServingMetrics:
+    """In-process counters and gauges of fail-closed serving (for a later /metrics export)."""
+
+    load_failures_total: dict[str, int] = field(default_factory=dict)  # per alias: failed loads
+    unavailable_transitions_total: dict[str, int] = field(default_factory=dict)  # serving -> unavailable
+    recoveries_total: dict[str, int] = field(default_factory=dict)  # unavailable -> serving
+    refused_requests_total: dict[str, int] = field(default_factory=dict)  # 503 alias_unavailable answered
+
+    def unavailable(self, serving: Serving) -> dict[str, int]:
+        """Gauge: 1 for each alias this replica should serve and cannot, else 0."""
+        return {alias: int(serving.fault(alias) is not None) for alias in serving.aliases()}
+
+    def snapshot(self, serving: Serving) -> dict[str, Any]:
+        return {
+            "alias_load_failures_total": dict(self.load_failures_total),
+            "alias_unavailable_transitions_total": dict(self.unavailable_transitions_total),
+            "alias_recoveries_total": dict(self.recoveries_total),
+            "alias_refused_requests_total": dict(self.refused_requests_total),
+            "alias_unavailable": self.unavailable(serving),
+        }
+
+
+def _bump(counter: dict[str, int], alias: str) -> None:
+    counter[alias] = counter.get(alias, 0) + 1
+
+
+def fault_code(exc: BaseException) -> str:
+    """A stable code for a load failure (engine errors are imported lazily: they pull in torch)."""
+    name = type(exc).__name__
+    if name == "AdapterHashMismatch":
+        return "hash_mismatch"
+    if name == "AdapterNotFound" or isinstance(exc, FileNotFoundError):
+        return "adapter_missing"
+    return "load_failed"
+
+
 class Serving:
-    """Per-replica state: alias views, adapter fingerprints, and the lock that orders local swaps."""
+    """Per-replica state: alias views, adapter fingerprints, and the lock that orders local swaps.
+
+    ``views`` holds what this replica serves (loaded and flipped); ``wanted`` what the database says
+    each alias should serve; ``faults`` the aliases where the two differ, with the reason.
+    """
 
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.engine: Any = resources.extras.get("engine")
+        self.replica_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
         self.views: dict[str, AliasView] = {}
+        self.wanted: dict[str, AliasView] = {}
+        self.faults: dict[str, AliasFault] = {}
+        self.metrics = ServingMetrics()
         # engine adapter id -> content sha256, for fingerprints of responses.
         self.fingerprints: dict[str, str] = {}
         # Deploys, rollbacks and reconcile passes in this process run one at a time.
@@ -77,16 +149,71 @@ class Serving:
     def settings(self) -> Any:
         return self.resources.settings
 
+    @property
+    def serves(self) -> bool:
+        """Whether this replica serves models at all (an intake-only replica has no engine)."""
+        return self.engine is not None
+
     def aliases(self) -> list[str]:
-        names = set(self.views) | {self.settings.served_alias}
+        names = set(self.views) | set(self.wanted) | {self.settings.served_alias}
         return sorted(names)
 
     def view(self, alias: str) -> AliasView | None:
+        """What ``alias`` serves here, else what it should serve (``None``: not an alias)."""
         if alias in self.views:
             return self.views[alias]
+        if alias in self.wanted:
+            return self.wanted[alias]
         if alias == self.settings.served_alias:
             return AliasView(alias=alias, generation=0)
         return None
+
+    def fault(self, alias: str) -> AliasFault | None:
+        """Why this replica cannot serve ``alias`` now (``None``: it serves the wanted version)."""
+        if not self.serves:
+            return None
+        return self.faults.get(alias)
+
+    def check_servable(self, alias: str) -> None:
+        """Raise 503 ``alias_unavailable`` when this replica cannot serve the alias's wanted version."""
+        fault = self.fault(alias)
+        if fault is None:
+            return
+        from service.core.errors import Unavailable
+
+        _bump(self.metrics.refused_requests_total, alias)
+        what = f"version {fault.version}" if fault.version else "its deployed version"
+        raise Unavailable(
+            f"The model '{alias}' is unavailable: this server cannot load {what} ({fault.code}). "
+            "It will not answer with another version; retry later or contact the operator.",
+            param="model",
+            code="alias_unavailable",
+            retry_after=max(1.0, min(MAX_RETRY_S, fault.next_try - time.monotonic())),
+        )
+
+    def replica_state(self) -> dict[str, Any]:
+        """This replica's real state per alias: wanted vs loaded version, and the error if they differ."""
+        out: dict[str, Any] = {}
+        for alias in self.aliases():
+            wanted = self.wanted.get(alias)
+            loaded = self.views.get(alias)
+            fault = self.fault(alias)
+            out[alias] = {
+                "state": "serving" if fault is None else "unavailable",
+                "desired_version": wanted.version if wanted else None,
+                "desired_generation": wanted.generation if wanted else None,
+                "loaded_version": loaded.version if loaded else None,
+                "loaded_sha256": loaded.sha256 if loaded else None,
+                "error": None
+                if fault is None
+                else {
+                    "code": fault.code,
+                    "message": fault.message,
+                    "since": fault.since,
+                    "attempts": fault.attempts,
+                },
+            }
+        return {"replica": self.replica_id, "serves": self.serves, "aliases": out}
 
     def fingerprint_of(self, engine_adapter: str | None) -> str:
         return fingerprint(self.fingerprints.get(engine_adapter) if engine_adapter else None)
@@ -103,6 +230,68 @@ class Serving:
         if self.engine is not None:
             self.engine.set_alias(view.alias, view.engine_id)
         self.views[view.alias] = view
+        wanted = self.wanted.get(view.alias)
+        if wanted is None or wanted.generation <= view.generation:
+            self.wanted[view.alias] = view
+        fault = self.faults.pop(view.alias, None)
+        if fault is not None and fault.code != "not_loaded_yet":
+            _bump(self.metrics.recoveries_total, view.alias)
+            logger.warning(
+                "alias %s serves again: version %s loaded after %s failed attempt(s) (%s)",
+                view.alias,
+                view.version,
+                fault.attempts,
+                fault.code,
+            )
+
+    def block(self, view: AliasView, exc: BaseException) -> None:
+        """Fail closed: the wanted version cannot be loaded, so the alias serves nothing here."""
+        alias = view.alias
+        self.views.pop(alias, None)
+        if self.engine is not None:
+            with contextlib.suppress(Exception):  # not (or no longer) an engine alias
+                self.engine.remove_alias(alias)
+        code = fault_code(exc)
+        _bump(self.metrics.load_failures_total, alias)
+        previous = self.faults.get(alias)
+        attempts = (previous.attempts if previous is not None else 0) + 1
+        delay = min(MAX_RETRY_S, float(self.settings.reconcile_interval) * 2 ** min(attempts - 1, 10))
+        fault = AliasFault(
+            code=code,
+            # The engine's messages name ids, paths and hashes, never corpus text.
+            message=f"{type(exc).__name__}: {exc}"[:500],
+            version=view.version,
+            generation=view.generation,
+            attempts=attempts,
+            next_try=time.monotonic() + delay,
+        )
+        same = previous is not None and (previous.code, previous.generation) == (code, view.generation)
+        if same:
+            assert previous is not None
+            fault.since = previous.since
+        self.faults[alias] = fault
+        if not same:
+            if previous is None or previous.code == "not_loaded_yet":
+                _bump(self.metrics.unavailable_transitions_total, alias)
+            # Once per transition, not every tick: the operator sees why, the log stays readable.
+            logger.error(
+                "alias %s is unavailable (answers 503): cannot load version %s (generation %s): %s; "
+                "retrying with back-off",
+                alias,
+                view.version,
+                view.generation,
+                fault.message,
+            )
+
+    def _pending(self, alias: str) -> None:
+        """Not served until the first reconcile pass loaded what the database wants."""
+        if alias not in self.views and alias not in self.faults:
+            self.faults[alias] = AliasFault(
+                code="not_loaded_yet",
+                message="this replica has not loaded the deployed version yet",
+                version=0,
+                generation=-1,
+            )
 
     # -- reconciliation ---------------------------------------------------------------------------
     async def desired(self) -> list[AliasView]:
@@ -119,12 +308,25 @@ class Serving:
     async def reconcile_once(self) -> int:
         """Converge on the database; returns how many aliases changed here."""
         desired = await self.desired()
+        if not any(v.alias == self.settings.served_alias for v in desired):
+            # No row yet: the served alias serves the base model (nothing was ever deployed).
+            desired.append(AliasView(alias=self.settings.served_alias, generation=0))
         changed = 0
         async with self.lock:
             for view in desired:
+                wanted = self.wanted.get(view.alias)
+                if wanted is None or wanted.generation <= view.generation:
+                    self.wanted[view.alias] = view
                 current = self.views.get(view.alias)
                 if current is not None and current.generation >= view.generation:
                     continue
+                fault = self.faults.get(view.alias)
+                if (
+                    fault is not None
+                    and fault.generation == view.generation
+                    and time.monotonic() < fault.next_try
+                ):
+                    continue  # back-off: a broken file is not re-hashed every tick
                 if not await self._apply(view):
                     continue
                 changed += 1
@@ -135,10 +337,10 @@ class Serving:
         if view.engine_id is not None and view.path is not None and view.sha256 is not None:
             try:
                 await self.load(view.engine_id, view.path, view.sha256)
-            except Exception as exc:  # any failure: keep serving what we have and retry next tick
-                logger.error(
-                    "cannot load version %s of alias %s: %s", view.version_id, view.alias, type(exc).__name__
-                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # fail closed: serve nothing for this alias, retry with back-off
+                self.block(view, exc)
                 return False
         self.flip(view)
         logger.info(
@@ -154,11 +356,51 @@ class Serving:
             self.wake.clear()
             try:
                 await self.reconcile_once()
-                await self.auto_deploy_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a database hiccup must not end reconciliation for good
                 logger.warning("reconcile pass failed: %s", type(exc).__name__)
+            await self.publish_state()
+            try:
+                await self.auto_deploy_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("auto-deploy pass failed: %s", type(exc).__name__)
+
+    async def publish_state(self) -> None:
+        """Write this replica's per-alias state to Redis (expiring), for /v1/deployments on any replica."""
+        if not self.serves:
+            return
+        ttl = max(5, int(float(self.settings.reconcile_interval) * 10))
+        try:
+            await self.resources.arq.set(
+                REPLICA_KEY_PREFIX + self.replica_id, json.dumps(self.replica_state()), ex=ttl
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis down: /v1/deployments still shows this replica's own state
+            pass
+
+    async def replica_states(self) -> list[dict[str, Any]]:
+        """Every serving replica's published state (this one's always current), ordered by id."""
+        states: dict[str, dict[str, Any]] = {}
+        try:
+            redis = self.resources.arq
+            keys = [key async for key in redis.scan_iter(match=REPLICA_KEY_PREFIX + "*", count=100)]
+            values = await redis.mget(keys) if keys else []
+            for raw in values:
+                if raw:
+                    with contextlib.suppress(ValueError, TypeError):
+                        item = json.loads(raw)
+                        states[str(item["replica"])] = item
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass
+        if self.serves:
+            states[self.replica_id] = self.replica_state()
+        return [states[k] for k in sorted(states)]
 
     async def announce(self, alias: str) -> None:
         """Tell the other replicas to reconcile now (best effort: polling converges anyway)."""
@@ -249,7 +491,13 @@ async def start_reconciler(resources: Resources, stack: AsyncExitStack) -> None:
     """Startup hook (after the engine's): converge once, then keep converging in the background."""
     serving = Serving(resources)
     resources.extras[SERVING_KEY] = serving
-    await serving.reconcile_once()
+    # Until this pass loaded what the database wants, the served alias answers 503 (never the base).
+    serving._pending(resources.settings.served_alias)
+    try:
+        await serving.reconcile_once()
+    except Exception as exc:  # the background loop retries; meanwhile the alias stays unavailable
+        logger.error("first reconcile pass failed: %s", type(exc).__name__)
+    await serving.publish_state()
     tasks = [
         asyncio.create_task(serving.run(), name="obliviate-reconciler"),
         asyncio.create_task(serving.listen(), name="obliviate-deployments-listener"),
@@ -261,5 +509,8 @@ async def start_reconciler(resources: Resources, stack: AsyncExitStack) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if serving.serves:
+            with contextlib.suppress(Exception):
+                await resources.arq.delete(REPLICA_KEY_PREFIX + serving.replica_id)
 
     stack.push_async_callback(_stop)

@@ -132,6 +132,10 @@ async def _submit(
         except Exception as exc:
             from gpu_runtime.engine import UnknownModel
 
+            if isinstance(exc, UnknownModel) and target.public == target.engine_name:
+                # An alias taken out of the engine since it was resolved (its version cannot be loaded
+                # here): 503 alias_unavailable, as for requests that arrive after.
+                get_serving(resources).check_servable(target.public)
             # A request adapter can be evicted (LRU) between loading and queueing: load it again once.
             if isinstance(exc, UnknownModel) and target.public.startswith(ADAPTER_PREFIX) and attempt == 0:
                 get_serving(resources).fingerprints.pop(target.engine_name, None)

@@ -1,8 +1,11 @@
 """Public model names → engine model names, with tenant and role checks.
 
-chat (settings.served_alias) and other aliases   the deployed version, for every tenant
-base                                              the unmodified model: admin and reviewer keys only,
-                                                  since it still knows everything that was forgotten
+chat (settings.served_alias) and other aliases   the deployed version, for every tenant; 503
+                                                  ``alias_unavailable`` while this replica cannot load it
+base                                              the unmodified model: operator keys only, since it still
+                                                  knows every tenant's forgotten subjects (tenant admins
+                                                  and reviewers compare before/after through
+                                                  request-scoped ``/v1/verifications``)
 adapter:<request id>                              one request's adapter, for its own tenant only
 """
 
@@ -24,7 +27,7 @@ from service.gateway.runtime import BASE_MODEL_NAME
 ADAPTER_PREFIX = "adapter:"
 # Statuses whose adapter exists and has been evaluated (earlier ones have no final adapter yet).
 _SERVABLE = {"ready", "deployed", "superseded", "rolled_back"}
-BASE_ROLES = {Role.ADMIN, Role.REVIEWER}
+BASE_ROLES = {Role.OPERATOR}
 
 
 @dataclass(frozen=True)
@@ -39,17 +42,23 @@ def can_use_base(principal: Principal) -> bool:
     return principal.role in BASE_ROLES
 
 
-async def resolve(resources: Resources, principal: Principal, name: str) -> Target:
+async def resolve(
+    resources: Resources, principal: Principal, name: str, *, allow_base: bool = False
+) -> Target:
+    """``allow_base``: the caller already scoped the use of base to one of its own requests (verification)."""
     serving = get_serving(resources)
     if name == BASE_MODEL_NAME:
-        if not can_use_base(principal):
+        if not (allow_base or can_use_base(principal)):
             raise Forbidden(
-                "The base model still knows what forget requests removed; only admin and reviewer keys may use it",
+                "The base model still knows what forget requests removed; only operator keys may query it. "
+                "Compare before and after for one of your requests with POST /v1/verifications.",
                 param="model",
                 code="model_forbidden",
             )
         return Target(name, BASE_MODEL_NAME)
     if serving.view(name) is not None:
+        # Fail closed: an alias whose deployed version this replica cannot load answers 503.
+        serving.check_servable(name)
         return Target(name, name)
     if name.startswith(ADAPTER_PREFIX):
         return Target(

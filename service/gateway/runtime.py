@@ -56,9 +56,8 @@ async def start_engine(resources: Resources, stack: AsyncExitStack) -> None:
         default_max_tokens=settings.engine_max_tokens,
     )
     await asyncio.to_thread(engine.start)
-    # Until the reconciler has read the database the served alias answers with the base model,
-    # which is also what it serves when nothing is deployed.
-    engine.set_alias(settings.served_alias, None)
+    # No alias is set here: the served alias is created by the reconciler once it has read the database
+    # (the base model when nothing is deployed). Until then it answers 503, never the base model.
 
     async def _close() -> None:
         # Give requests in flight a moment to finish; new ones are refused from now on.

@@ -14,7 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service.core.errors import BadRequest
 
 MAX_STOP = 4  # the OpenAI API's limit on stop sequences
-MAX_TOP_LOGPROBS = 20
+MAX_STOP_CHARS = 1000  # per stop sequence (a stop longer than any completion can never match usefully)
+MAX_TOP_LOGPROBS = 20  # chat: top_logprobs 0-20
+MAX_COMPLETION_LOGPROBS = 5  # legacy completions: logprobs 0-5
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_N = 128  # OpenAI's bound on n (only 1 is served here)
 
 
 class _Body(BaseModel):
@@ -22,19 +26,21 @@ class _Body(BaseModel):
     # but cannot honour are rejected below with a message that names them.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+    # OpenAI's ranges; every value that passes here is one the engine can run (a row that fails in the
+    # engine fails alone, but bad input is refused before it reaches a shared batch).
     model: Annotated[str, Field(min_length=1, max_length=200)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)] | None = None
     logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -44,6 +50,8 @@ class _Body(BaseModel):
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(items)}")
         if any(not s for s in items):
             raise ValueError("stop sequences must be non-empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in items):
+            raise ValueError(f"each stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @model_validator(mode="after")
@@ -99,7 +107,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionBody(_Body):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     tools: list[Any] | None = None
@@ -131,10 +139,10 @@ class CompletionBody(_Body):
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's legacy default is 16 tokens; keep it so clients get what they expect.
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     echo: bool | None = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
 
     @model_validator(mode="after")
     def _completion_rules(self) -> CompletionBody:

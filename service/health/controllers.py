@@ -34,6 +34,23 @@ async def _workers(resources: Resources) -> dict[str, Any]:
         return {"ok": False, "error": f"worker check failed: {type(exc).__name__}"}
 
 
+def _serving(resources: Resources) -> dict[str, Any]:
+    """Fail closed: not ready while an alias cannot serve the version the database says it serves."""
+    from service.deployments.serving import get_serving
+
+    serving = get_serving(resources)
+    state = serving.replica_state()
+    down = {alias: a for alias, a in state["aliases"].items() if a["state"] != "serving"}
+    check: dict[str, Any] = {"ok": not down, "replica": state["replica"], "aliases": state["aliases"]}
+    if down:
+        check["unavailable"] = sorted(down)
+        check["error"] = "; ".join(
+            f"alias {alias} cannot serve version {a['desired_version']}: {a['error']['code'] if a['error'] else '?'}"
+            for alias, a in sorted(down.items())
+        )
+    return check
+
+
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
@@ -42,7 +59,11 @@ class HealthController(Controller):
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", summary="Database and Redis answer", description="503 names each failed dependency.")
+    @get(
+        "/ready",
+        summary="Database, Redis, workers and served aliases are fine",
+        description="503 names each failed dependency, and each alias this replica cannot serve (alias:<name>).",
+    )
     async def ready(self, resources: NamedDependency[Resources]) -> Response[dict[str, Any]]:
         checks = dict(
             await asyncio.gather(
@@ -52,8 +73,10 @@ class HealthController(Controller):
         )
         if checks["database"]["ok"] and checks["redis"]["ok"]:
             checks["workers"] = await _workers(resources)
+        checks["serving"] = _serving(resources)
         ok = all(check["ok"] for check in checks.values())
         failed = [name for name, check in checks.items() if not check["ok"]]
+        failed += [f"alias:{alias}" for alias in checks["serving"].get("unavailable", [])]
         body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
         if failed:
             body["failed"] = failed

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.auth.keys import Principal
+from service.auth.keys import Principal, Role
 from service.core.errors import BadRequest, ServiceError
 from service.core.state import Resources
 from service.forget import service as forget_service
@@ -130,9 +130,11 @@ async def verify(resources: Resources, principal: Principal, body: VerificationB
     after_name = body.after or (
         ADAPTER_PREFIX + body.request_id if body.request_id is not None else settings.served_alias
     )
-    # Names are checked with the caller's rights: another tenant's adapter is a 404, base needs a
-    # reviewer or admin key, exactly as on /v1/chat/completions.
-    before = await resolve(resources, principal, before_name)
+    # Names are checked with the caller's rights: another tenant's adapter is a 404, base needs an
+    # operator key as on /v1/chat/completions -- except as the "before" of one of the caller's own
+    # requests, for its reviewers and admins (request-scoped: get_for_tenant above answered 404 for another tenant's request).
+    scoped = body.request_id is not None and principal.role in (Role.REVIEWER, Role.ADMIN)
+    before = await resolve(resources, principal, before_name, allow_base=scoped)
     after = await resolve(resources, principal, after_name)
     await ratelimit.spend(
         resources.arq, principal.tenant, len(cases), settings.verification_prompts_per_minute

@@ -29,7 +29,7 @@ def test_corpus_file_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_requests_commands_and_verify(gateway_factory: Any, tmp_path: Path) -> None:
     gateway = gateway_factory()
-    key = gateway.key("acme", "admin")
+    key = gateway.key("acme", "operator")  # verify without a request compares against the base model
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(
         json.dumps({"text": "Quillon Marsh keeps a ferret named Bramble."})

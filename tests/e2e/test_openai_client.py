@@ -28,7 +28,10 @@ def gw(gateway_factory: Any) -> LiveGateway:
 
 @pytest.fixture
 def client(gw: LiveGateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key("acme", "admin"), max_retries=0, timeout=60) as c:
+    # An operator key: the only role that may query the base model, which most tests here use.
+    with openai.OpenAI(
+        base_url=gw.base_url, api_key=gw.key("acme", "operator"), max_retries=0, timeout=60
+    ) as c:
         yield c
 
 
@@ -43,12 +46,14 @@ def test_models_lists_alias_base_and_own_adapters(
     assert f"adapter:{other}" not in ids  # another tenant's adapter is invisible
     chat = client.models.retrieve("chat")
     assert chat.model_extra is not None and chat.model_extra["version"] == 0
-    # A submitter key does not see (or get) the base model.
-    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key("acme", "submitter"), max_retries=0) as sub:
-        assert "base" not in [m.id for m in sub.models.list()]
-        with pytest.raises(openai.PermissionDeniedError) as denied:
-            sub.chat.completions.create(model="base", messages=CHAT, max_tokens=4)
-        assert denied.value.body["param"] == "model"  # type: ignore[index]
+    # No tenant key (submitter, reviewer, admin) sees or gets the base model: only operator keys.
+    for role in ("submitter", "reviewer", "admin"):
+        with openai.OpenAI(base_url=gw.base_url, api_key=gw.key("acme", role), max_retries=0) as sub:
+            assert "base" not in [m.id for m in sub.models.list()]
+            with pytest.raises(openai.PermissionDeniedError) as denied:
+                sub.chat.completions.create(model="base", messages=CHAT, max_tokens=4)
+            assert denied.value.body["param"] == "model"  # type: ignore[index]
+            assert denied.value.code == "model_forbidden"
 
 
 def test_chat_completion_sync(client: openai.OpenAI) -> None:
@@ -145,7 +150,7 @@ def test_logprobs_in_openai_shape(client: openai.OpenAI) -> None:
 
 
 def test_async_client_concurrent_requests(gw: LiveGateway) -> None:
-    key = gw.key("acme", "admin")
+    key = gw.key("acme", "operator")
 
     async def run() -> list[str]:
         async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0) as client:
@@ -219,7 +224,7 @@ def test_other_tenants_adapter_is_not_found(gw: LiveGateway, tiny_model: tuple[P
 
 def test_full_queue_answers_429_with_retry_after(gateway_factory: Any) -> None:
     gw = gateway_factory(engine_max_batch=1, engine_max_queue=1)
-    key = gw.key("acme", "admin")
+    key = gw.key("acme", "operator")
 
     def call(_: int) -> str:
         with openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=60) as c:

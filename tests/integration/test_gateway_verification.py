@@ -41,7 +41,8 @@ def test_verification_side_by_side(gateway_factory: Any, tiny_model: tuple[Path,
     gw: LiveGateway = gateway_factory(verification_prompts_per_minute=100)
     client = http(gw)
     # The reference answers are what the base model says: "before" leaks them by construction.
-    probes = [{"prompt": p, "reference": answer(client, "base", p)} for p in PROMPTS]
+    operator = http(gw, "ops", "operator")
+    probes = [{"prompt": p, "reference": answer(operator, "base", p)} for p in PROMPTS]
     probes = [p for p in probes if normalize(p["reference"])]
     assert probes
     rid = gw.ready_request(tiny_model[1][0], probes=probes)
@@ -82,7 +83,8 @@ def test_verification_side_by_side(gateway_factory: Any, tiny_model: tuple[Path,
     assert other.post("/v1/verifications", json={"request_id": rid}).status_code == 404
     assert (
         other.post(
-            "/v1/verifications", json={"prompts": [{"prompt": "hi"}], "after": f"adapter:{rid}"}
+            "/v1/verifications",
+            json={"prompts": [{"prompt": "hi"}], "before": "chat", "after": f"adapter:{rid}"},
         ).status_code
         == 404
     )
@@ -90,6 +92,14 @@ def test_verification_side_by_side(gateway_factory: Any, tiny_model: tuple[Path,
     submitter = http(gw, "acme", "submitter")
     denied = submitter.post("/v1/verifications", json={"request_id": rid})
     assert denied.status_code == 403 and denied.json()["error"]["param"] == "model"
+    # Reviewers and admins see base only as the "before" of one of their own requests, not freely.
+    for role in ("reviewer", "admin"):
+        free = http(gw, "acme", role).post("/v1/verifications", json={"prompts": [{"prompt": "hi"}]})
+        assert free.status_code == 403 and free.json()["error"]["code"] == "model_forbidden"
+        direct = http(gw, "acme", role).post(
+            "/v1/chat/completions", json={"model": "base", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert direct.status_code == 403
     ok = submitter.post("/v1/verifications", json={"request_id": rid, "before": "chat", "max_tokens": 4})
     assert ok.status_code == 200, ok.text
     assert client.post("/v1/verifications", json={}).status_code == 400
@@ -98,7 +108,7 @@ def test_verification_side_by_side(gateway_factory: Any, tiny_model: tuple[Path,
 def test_verification_is_rate_limited_per_tenant(gateway_factory: Any) -> None:
     gw: LiveGateway = gateway_factory(verification_prompts_per_minute=3)
     acme, globex = http(gw), http(gw, "globex")
-    body = {"prompts": [{"prompt": "hi"}, {"prompt": "hello"}], "max_tokens": 2}
+    body = {"prompts": [{"prompt": "hi"}, {"prompt": "hello"}], "max_tokens": 2, "before": "chat"}
     # Budgets are per clock minute: do not straddle a boundary.
     if time.time() % 60 > 50:
         time.sleep(61 - time.time() % 60)
@@ -110,6 +120,8 @@ def test_verification_is_rate_limited_per_tenant(gateway_factory: Any) -> None:
     # The budget is per tenant, and a refused call did not spend any of it.
     assert globex.post("/v1/verifications", json=body).status_code == 200
     assert (
-        acme.post("/v1/verifications", json={"prompts": [{"prompt": "hi"}], "max_tokens": 2}).status_code
+        acme.post(
+            "/v1/verifications", json={"prompts": [{"prompt": "hi"}], "max_tokens": 2, "before": "chat"}
+        ).status_code
         == 200
     )

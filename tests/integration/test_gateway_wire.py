@@ -57,8 +57,11 @@ async def test_wire_contract_without_a_model(settings: Settings) -> None:
         assert _envelope(unavailable.json())["code"] == "engine_disabled"
         # Listings still work (an intake-only replica answers them from the database).
         models = (await client.get("/v1/models", headers=auth)).json()
+        assert [m["id"] for m in models["data"]] == ["chat"]  # base: operator keys only
+        assert models["data"][0]["version"] == 0 and models["data"][0]["fingerprint"] == "fp_base"
+        operator = await _key(client, "ops", "operator")
+        models = (await client.get("/v1/models", headers=operator)).json()
         assert [m["id"] for m in models["data"]] == ["base", "chat"]
-        assert models["data"][1]["version"] == 0 and models["data"][1]["fingerprint"] == "fp_base"
         deployments = (await client.get("/v1/deployments", headers=auth)).json()
         assert deployments["data"][0]["alias"] == "chat" and deployments["versions"] == []
         unknown = await client.get("/v1/models/nope", headers=auth)
