@@ -24,6 +24,9 @@ class DeployBody(Struct, forbid_unknown_fields=True):
     request_id: Annotated[str, Meta(min_length=1, max_length=40)]
     # Default: the request's target alias (its options), else the served alias.
     alias: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    # Deploy a request that failed the acceptance gate (admin only; audited, stated in the certificate).
+    override: bool = False
+    reason: Annotated[str, Meta(max_length=2000)] = ""
 
 
 class RollbackBody(Struct, forbid_unknown_fields=True):
@@ -129,7 +132,14 @@ class DeploymentsController(Controller):
         _check_alias_rights(principal, alias, served)
 
         async def run() -> dict[str, Any]:
-            outcome = await services.deploy(resources, data.request_id, principal=principal, alias=data.alias)
+            outcome = await services.deploy(
+                resources,
+                data.request_id,
+                principal=principal,
+                alias=data.alias,
+                override=data.override,
+                reason=data.reason,
+            )
             assert outcome.version is not None
             return {
                 **alias_out(outcome.view),

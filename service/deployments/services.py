@@ -6,6 +6,10 @@ bytes it loads); commit the new version and the alias flip in one transaction (c
 alias generation, so concurrent deploys from several replicas cannot interleave); flip the engine
 alias. Requests in flight keep the adapter they leased; the engine drops an old adapter only when it
 is idle and unaliased. Other replicas follow within ``reconcile_interval``.
+
+Fail closed: a request whose evaluation missed the acceptance gate is never deployed by the system
+(auto policy), and by a person only with an admin's explicit override and reason, which the audit
+trail and the certificate record (:func:`acceptance_override`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.keys import Principal
-from service.core.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
+from service.auth.keys import Principal, Role
+from service.core.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError, Unprocessable
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.deployments import storage
@@ -85,15 +89,65 @@ async def _compare_and_set(session: AsyncSession, alias: str, generation: int, v
     return generation + 1
 
 
+def acceptance_override(
+    ref: forget_service.AdapterRef, principal: Principal | None, override: bool, reason: str
+) -> dict[str, Any] | None:
+    """Fail closed: a request whose evaluation missed the acceptance gate is deployed only by an admin
+    who says so and why (None: it passed, nothing to override). The system (auto policy) never does."""
+    if ref.acceptance_passed:
+        return None
+    failed = forget_service.describe_failures(ref.acceptance)
+    if principal is None:
+        raise Conflict(
+            f"Request {ref.request_id} failed the acceptance gate ({failed}); it is never deployed "
+            "automatically. An admin may deploy it with an explicit override.",
+            code="acceptance_failed",
+        )
+    if not override:
+        raise Conflict(
+            f"Request {ref.request_id} failed the acceptance gate ({failed}), so the model may still "
+            "know what it should forget. To deploy it anyway, an admin sends "
+            f'{{"request_id": "{ref.request_id}", "override": true, "reason": "..."}} to POST /v1/deployments '
+            "(CLI: obliviate requests deploy --override --reason ...); the override is recorded in the audit "
+            "trail and the certificate.",
+            code="acceptance_failed",
+            param="override",
+        )
+    if principal.role != Role.ADMIN:
+        raise Forbidden(
+            "Only an admin key may override a failed acceptance gate",
+            code="override_forbidden",
+            param="override",
+        )
+    if not reason.strip():
+        raise Unprocessable("An override needs a reason: say why the request may be deployed", param="reason")
+    failures = (ref.acceptance or {}).get("failures") or []
+    return {
+        "actor": principal.actor,
+        "reason": reason.strip(),
+        "failed_checks": [f.get("check") for f in failures if isinstance(f, dict)],
+    }
+
+
 async def deploy(
-    resources: Resources, request_id: str, *, principal: Principal | None, alias: str | None = None
+    resources: Resources,
+    request_id: str,
+    *,
+    principal: Principal | None,
+    alias: str | None = None,
+    override: bool = False,
+    reason: str = "",
 ) -> SwapOutcome:
-    """Deploy a ready request's adapter (``principal=None``: the system, e.g. the auto-deploy policy)."""
+    """Deploy a ready request's adapter (``principal=None``: the system, e.g. the auto-deploy policy).
+
+    A request that failed the acceptance gate needs ``override`` with a ``reason`` from an admin.
+    """
     serving = get_serving(resources)
     async with resources.sessionmaker() as session:
         if principal is not None:
             await forget_service.get_for_tenant(session, principal.tenant, request_id)
         ref = await forget_service.ready_adapter(session, request_id)
+    override_record = acceptance_override(ref, principal, override, reason)
     alias = check_alias(alias or ref.target_alias or resources.settings.served_alias)
     source = Path(ref.path)
     try:
@@ -157,6 +211,7 @@ async def deploy(
                 ref.sha256,
                 actor=actor,
                 retention_s=resources.settings.retention_s,
+                override=override_record,
             )
             if parent is not None and parent.request_id is not None:
                 await _leave(session, parent.request_id, superseded_by=f"{alias}@{number}", actor=actor)

@@ -243,6 +243,34 @@ class AdapterRef:
     sha256: str
     target_alias: str
     deploy_policy: str
+    #: The acceptance gate's verdict on the evaluation (``metrics["gate"]``); None: never gated.
+    acceptance: dict[str, Any] | None = None
+
+    @property
+    def acceptance_passed(self) -> bool:
+        """Only an explicit pass counts: no verdict (an old row, a missing evaluation) is a fail."""
+        return bool(self.acceptance and self.acceptance.get("passed") is True)
+
+
+def acceptance_of(metrics: Any) -> dict[str, Any] | None:
+    gate = metrics.get("gate") if isinstance(metrics, dict) else None
+    return gate if isinstance(gate, dict) else None
+
+
+def describe_failures(acceptance: dict[str, Any] | None) -> str:
+    """The failed checks in words, e.g. ``original_leaks 3 > 0; broken_rate: missing broken_rate_after``."""
+    if not acceptance:
+        return "no acceptance verdict was recorded"
+    parts = []
+    for failure in acceptance.get("failures") or []:
+        check, value, bound = failure.get("check"), failure.get("value"), failure.get("threshold")
+        if check == "original_coverage":
+            parts.append(f"{check}: no corpus questions were evaluated")
+        elif value is None:
+            parts.append(f"{check}: missing {', '.join(failure.get('missing') or []) or 'data'}")
+        else:
+            parts.append(f"{check} {value:.4g} {'<' if check == 'retain_ratio' else '>'} {bound:.4g}")
+    return "; ".join(parts) or "the verdict was not a pass"
 
 
 async def ready_adapter(session: AsyncSession, request_id: str) -> AdapterRef:
@@ -259,6 +287,7 @@ async def ready_adapter(session: AsyncSession, request_id: str) -> AdapterRef:
         sha256=row.adapter_hash,
         target_alias=str(row.options.get("target_alias", "chat")),
         deploy_policy=str(row.options.get("deploy_policy", "manual")),
+        acceptance=acceptance_of(row.metrics),
     )
 
 
@@ -270,8 +299,13 @@ async def mark_deployed(
     *,
     actor: str = chain.SYSTEM,
     retention_s: float | None = None,
+    override: dict[str, Any] | None = None,
 ) -> Moved:
-    """ready → deployed (in the caller's transaction); schedules the corpus purge after retention."""
+    """ready → deployed (in the caller's transaction); schedules the corpus purge after retention.
+
+    ``override``: an admin deploys a request that failed the acceptance gate (``actor``, ``reason``,
+    ``failed_checks``); kept in the request's decisions (the certificate shows it) and audited.
+    """
     row = await session.get(ForgetRequest, request_id, populate_existing=True)
     if row is None:
         raise NotFound(f"No forget request {request_id!r}", param="id")
@@ -279,18 +313,42 @@ async def mark_deployed(
         raise Conflict("adapter hash does not match the request's adapter", code="hash_mismatch")
     now = utcnow()
     retention = float(row.options.get("retention_s", retention_s if retention_s is not None else 7 * 86400))
+    values: dict[str, Any] = {
+        "deployed_version": version,
+        "deployed_at": now,
+        "purge_after": now + timedelta(seconds=retention),
+    }
+    audit_data: dict[str, Any] = {"version": version, "adapter_hash": adapter_hash}
+    if override is not None:
+        decision = {
+            "gate": "acceptance",
+            "decision": "override",
+            "reason": str(override.get("reason", "")),
+            "actor": str(override.get("actor", actor)),
+            "at": now.isoformat(),
+        }
+        values["decisions"] = [*row.decisions, decision]
+        audit_data["acceptance_override"] = True
+        await chain.append(
+            session,
+            action="acceptance.override",
+            actor=decision["actor"],
+            tenant=row.tenant,
+            request_id=request_id,
+            data={
+                "reason": decision["reason"],
+                "version": version,
+                "failed_checks": list(override.get("failed_checks") or []),
+            },
+        )
     moved = await transition(
         session,
         request_id,
         expected=[Status.READY],
         to=Status.DEPLOYED,
         actor=actor,
-        values={
-            "deployed_version": version,
-            "deployed_at": now,
-            "purge_after": now + timedelta(seconds=retention),
-        },
-        audit_data={"version": version, "adapter_hash": adapter_hash},
+        values=values,
+        audit_data=audit_data,
     )
     if moved is None:
         raise Conflict(f"Request {request_id} is {row.status}, not ready", code="not_ready")
@@ -339,9 +397,11 @@ __all__ = [
     "AdapterRef",
     "Gate",
     "Moved",
+    "acceptance_of",
     "add_months",
     "cancel",
     "decide",
+    "describe_failures",
     "extend_due",
     "get_for_tenant",
     "mark_deployed",

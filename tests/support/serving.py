@@ -136,7 +136,8 @@ async def _make_ready_requests(
                         hint_count=0,
                         stages={},
                         progress=1.0,
-                        metrics={},
+                        # As the worker leaves a request that passed the acceptance gate.
+                        metrics={"gate": {"passed": True}, "passed": True},
                         decisions=[],
                         cancel_requested=False,
                         adapter_path=str(adapter),
