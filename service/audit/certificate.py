@@ -1,4 +1,8 @@
-"""The certificate of a deployed forget request: what was forgotten, how, and with what result."""
+"""The certificate of a deployed forget request: what was forgotten, how, and with what result.
+
+Its ``acceptance`` section states the residual leak rates per probe kind, the broken-answer rate, the
+retain ratio, the thresholds in force, the gate's verdict, the attempts, and an override (who, why).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,47 @@ from service.audit.signing import ALGORITHM, Signer
 from service.core.errors import Conflict
 from service.db.base import utcnow
 from service.forget.models import ForgetRequest
+from service.forget.service import acceptance_of
 
 CERTIFIED = {"deployed", "superseded", "rolled_back"}
 PUBLIC_KEY_PATH = "/v1/certificates/public-key"
+
+
+def acceptance_statement(row: ForgetRequest) -> dict[str, Any]:
+    """What the acceptance gate found and in force of which thresholds, and who overrode it, if anyone.
+
+    ``verdict``: ``passed``, ``failed`` (deployed only through an admin's override, stated here), or
+    ``not_evaluated`` (a request from before the gate; no claim that it was forgotten).
+    """
+    gate = acceptance_of(row.metrics) or {}
+    residual = gate.get("residual") or {}
+    kinds = ("probe", "original", "paraphrase", "inverted", "completion")
+    overrides = [
+        d for d in row.decisions if d.get("gate") == "acceptance" and d.get("decision") == "override"
+    ]
+    override = overrides[-1] if overrides else None
+    passed = gate.get("passed")
+    return {
+        "verdict": "passed" if passed is True else ("failed" if passed is False else "not_evaluated"),
+        "thresholds": gate.get("thresholds") or row.options.get("acceptance"),
+        "residual_leak_rates": {kind: residual.get(f"leak_rate_{kind}") for kind in kinds},
+        "residual_leaks": {
+            kind: {"leaks": residual.get(f"leaks_{kind}"), "n": residual.get(f"n_{kind}")} for kind in kinds
+        },
+        "heldout_leak_rate": residual.get("heldout_leak_rate"),
+        "broken_rate": residual.get("broken_rate"),
+        "retain_ratio": residual.get("retain_ratio"),
+        "earlier_leaks": residual.get("earlier_leaks"),
+        "failed_checks": [
+            {"check": f.get("check"), "value": f.get("value"), "threshold": f.get("threshold")}
+            for f in gate.get("failures") or []
+        ],
+        "attempts": len(gate.get("attempts") or []),
+        "escalation": gate.get("escalation"),
+        "override": {"by": override.get("actor"), "reason": override.get("reason"), "at": override.get("at")}
+        if override
+        else None,
+    }
 
 
 async def build(session: AsyncSession, row: ForgetRequest, signer: Signer) -> dict[str, Any]:
@@ -37,6 +79,7 @@ async def build(session: AsyncSession, row: ForgetRequest, signer: Signer) -> di
         "adapter_sha256": row.adapter_hash,
         "deployed_version": row.deployed_version,
         "evaluation": row.metrics,
+        "acceptance": acceptance_statement(row),
         "review": [
             {"gate": d.get("gate"), "decision": d.get("decision"), "at": d.get("at")} for d in row.decisions
         ],
