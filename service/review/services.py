@@ -72,6 +72,12 @@ async def open_gate(
     resolves at once."""
     now = utcnow()
     overlap = int(row.options.get("review_overlap", settings.review_overlap))
+    summary: dict[str, Any] = {"tasks": len(items)}
+    if gate == Gate.EVALUATION_REVIEW.value:
+        # Reviewers see what the acceptance gate measured: residual leak rates per kind, failing checks.
+        acceptance = evaluation_acceptance(row)
+        summary["acceptance"] = acceptance
+        items = [{**item, "acceptance": acceptance} for item in items]
     record = ReviewGate(
         id=new_id("rg"),
         tenant=row.tenant,
@@ -79,7 +85,7 @@ async def open_gate(
         gate=gate,
         status="open",
         overlap=overlap,
-        summary={"tasks": len(items)},
+        summary=summary,
         created_at=now,
         deadline_at=now + timedelta(seconds=settings.review_gate_deadline_s),
     )
@@ -114,6 +120,16 @@ async def open_gate(
     if not items:
         await finalize_gate(session, record, settings, store)
     return record
+
+
+def evaluation_acceptance(row: ForgetRequest) -> dict[str, Any]:
+    """The acceptance gate's verdict as the certificate states it, plus the failed checks in words."""
+    from service.audit.certificate import acceptance_statement
+
+    statement = acceptance_statement(row)
+    if statement["verdict"] != "passed":
+        statement["failed"] = forget_service.describe_failures(forget_service.acceptance_of(row.metrics))
+    return statement
 
 
 def _review_event(session: AsyncSession, request_id: str, gate: str, *, open_tasks: int, total: int) -> None:
