@@ -31,6 +31,9 @@ from obliviate_client._exceptions import (
     UnprocessableEntityError,
 )
 from obliviate_client._models import (
+    Acceptance,
+    AcceptanceOverride,
+    AcceptanceStatement,
     AuditEvent,
     AuditTrail,
     Certificate,
@@ -47,6 +50,9 @@ from obliviate_client._models import (
 __all__ = [
     "APIError",
     "APITimeoutError",
+    "Acceptance",
+    "AcceptanceOverride",
+    "AcceptanceStatement",
     "AsyncClient",
     "AuditEvent",
     "AuditTrail",

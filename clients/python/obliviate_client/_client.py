@@ -509,9 +509,21 @@ class Deployments:
     def list(self) -> Any:
         return self._client.json(r.Call("GET", "/v1/deployments"))
 
-    def deploy(self, request_id: str, **options: Any) -> Any:
+    def deploy(
+        self,
+        request_id: str,
+        *,
+        alias: str | None = None,
+        override: bool = False,
+        reason: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Deploy a ready request. One that failed the acceptance gate needs ``override=True`` and a
+        ``reason`` (admin keys only); the audit trail and the certificate record both."""
         return self._client.json(
-            r.Call("POST", "/v1/deployments", json={"request_id": request_id, **options})
+            r.Call(
+                "POST", "/v1/deployments", json=r.deploy_body(request_id, alias, override, reason, options)
+            )
         )
 
     def rollback(self, alias: str = "chat") -> Any:
@@ -525,9 +537,21 @@ class AsyncDeployments:
     async def list(self) -> Any:
         return await self._client.json(r.Call("GET", "/v1/deployments"))
 
-    async def deploy(self, request_id: str, **options: Any) -> Any:
+    async def deploy(
+        self,
+        request_id: str,
+        *,
+        alias: str | None = None,
+        override: bool = False,
+        reason: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Deploy a ready request. One that failed the acceptance gate needs ``override=True`` and a
+        ``reason`` (admin keys only); the audit trail and the certificate record both."""
         return await self._client.json(
-            r.Call("POST", "/v1/deployments", json={"request_id": request_id, **options})
+            r.Call(
+                "POST", "/v1/deployments", json=r.deploy_body(request_id, alias, override, reason, options)
+            )
         )
 
     async def rollback(self, alias: str = "chat") -> Any:

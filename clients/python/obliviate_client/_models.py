@@ -41,12 +41,25 @@ class Probe(_Model):
     reference: str = ""
 
 
+class Acceptance(_Model):
+    """Acceptance thresholds of a request (None: the server's default). A request whose evaluation
+    misses them is retrained harder, then waits at the evaluation review; it is never auto-deployed."""
+
+    max_original_leaks: int | None = None
+    max_heldout_leak_rate: float | None = None
+    max_broken_rate: float | None = None
+    min_retain_ratio: float | None = None
+    max_earlier_leaks: int | None = None
+    max_attempts: int | None = None
+
+
 class Options(_Model):
     alpha: float | None = None
     review_gates: list[Literal["anchor_review", "target_review", "evaluation_review"]] | None = None
     deploy_policy: Literal["auto", "manual"] = "manual"
     target_alias: str = "chat"
     retention_s: float | None = None
+    acceptance: Acceptance | None = None
 
 
 # ---- outputs ------------------------------------------------------------------------------------
@@ -152,12 +165,49 @@ class AuditTrail(_Model):
     chain_ok: bool
 
 
+class AcceptanceOverride(_Model):
+    by: str | None = None
+    reason: str | None = None
+    at: datetime | None = None
+
+
+class AcceptanceStatement(_Model):
+    """The certificate's ``acceptance`` section: what the acceptance gate measured and decided."""
+
+    verdict: Literal["passed", "failed", "not_evaluated"]
+    thresholds: dict[str, float | int] | None = None
+    residual_leak_rates: dict[str, float | None] = Field(default_factory=dict)
+    residual_leaks: dict[str, dict[str, int | None]] = Field(default_factory=dict)
+    heldout_leak_rate: float | None = None
+    broken_rate: float | None = None
+    retain_ratio: float | None = None
+    earlier_leaks: int | None = None
+    failed_checks: list[dict[str, Any]] = Field(default_factory=list)
+    attempts: int = 0
+    escalation: int | None = None
+    override: AcceptanceOverride | None = None
+
+
 class Certificate(_Model):
+    """A signed certificate. ``certificate`` is the signed payload, kept as received (the signature is
+    checked over exactly these bytes); the typed views below read from it."""
+
     certificate: dict[str, Any]
     signature: str
     algorithm: str = "Ed25519"
     key_id: str
     public_key_url: str | None = None
+
+    @property
+    def acceptance(self) -> AcceptanceStatement | None:
+        """The acceptance gate's verdict, residual rates, thresholds in force, attempts and override."""
+        section = self.certificate.get("acceptance")
+        return AcceptanceStatement.model_validate(section) if isinstance(section, dict) else None
+
+    @property
+    def overridden(self) -> bool:
+        """True when an admin deployed the request although it failed the acceptance gate."""
+        return bool(self.acceptance and self.acceptance.override)
 
 
 class PublicKey(_Model):

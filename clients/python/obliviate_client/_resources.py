@@ -96,6 +96,19 @@ def create_call(
     return Call("POST", f"{FORGET}/", json=body, headers={"Idempotency-Key": key})
 
 
+def deploy_body(
+    request_id: str, alias: str | None, override: bool, reason: str | None, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"request_id": request_id, **extra}
+    if alias is not None:
+        body["alias"] = alias
+    if override:
+        body["override"] = True
+    if reason is not None:
+        body["reason"] = reason
+    return body
+
+
 def list_params(
     *,
     status: str | Sequence[str] | None,
