@@ -96,6 +96,20 @@ class Settings(BaseSettings):
         default=120, ge=1, description="Verification prompts one tenant may run per minute (across replicas)."
     )
     verification_max_prompts: int = Field(default=32, ge=1, description="Most prompts in one verification.")
+    gateway_max_prompt_chars: int = Field(
+        default=400_000,
+        ge=1,
+        description="Longest prompt (characters of all messages, or prompt token ids) the OpenAI routes accept; "
+        "checked before tokenizing, so a huge prompt costs no tokenizer time.",
+    )
+    gateway_requests_per_minute: int = Field(
+        default=600, ge=1, description="Completion requests one tenant may make per minute (across replicas)."
+    )
+    gateway_tokens_per_minute: int = Field(
+        default=200_000,
+        ge=1,
+        description="Tokens (prompt + max completion) one tenant may use per minute on the OpenAI routes.",
+    )
     # --- forget requests: intake, orchestration, compliance (service/forget, service/orchestration) ---
     idempotency_ttl_s: float = Field(
         default=24 * 3600, ge=24 * 3600, description="How long an Idempotency-Key and its response are kept."
@@ -136,6 +150,15 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600.0,
         ge=0,
         description="Corpus and training data are purged this long after deployment (0: at once).",
+    )
+    parked_retention_s: float = Field(
+        default=30 * 24 * 3600.0,
+        ge=0,
+        le=10 * 365 * 24 * 3600.0,
+        description="A request parked at a review gate or in ready this long fails and is purged.",
+    )
+    orphan_grace_s: float = Field(
+        default=3600.0, ge=0, description="A corpus folder without a request row this old is deleted."
     )
     due_soon_s: float = Field(
         default=3 * 24 * 3600.0, ge=0, description="Listing flags requests due within this as due_soon."

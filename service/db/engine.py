@@ -27,6 +27,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Deleted or overwritten content is zeroed on disk: the purge must not leave corpus text behind.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

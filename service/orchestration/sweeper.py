@@ -1,4 +1,4 @@
-"""The sweeper: every active request must have a live job; purges corpora past their retention.
+"""The sweeper: every active request must have a live job; runs the purge (``purge.py``).
 
 A request in an active state (queued or a stage) whose job is gone from Redis (restart, flush) or whose
 running job stopped heart-beating (worker killed) gets a fresh attempt: the attempt counter is bumped
@@ -18,7 +18,6 @@ from arq.jobs import Job, JobStatus
 from sqlalchemy import select, update
 
 from service import jobs
-from service.artifacts.store import ArtifactStore
 from service.audit import chain
 from service.core.state import Resources
 from service.db.base import utcnow
@@ -35,6 +34,7 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
+    purge: Any = None  # the purge pass's report (service.orchestration.purge.PurgeReport)
 
 
 def stage_for(status: str) -> str:
@@ -188,42 +188,14 @@ async def flag_if_no_worker(resources: Resources, request_ids: list[str]) -> lis
     return new
 
 
-async def purge_due(resources: Resources, store: ArtifactStore, report: SweepReport) -> None:
-    """Delete corpora and training data whose retention has passed; each purge is audited."""
-    now = utcnow()
-    async with resources.sessionmaker() as session:
-        due = (
-            await session.execute(
-                select(ForgetRequest.id, ForgetRequest.tenant).where(
-                    ForgetRequest.purge_after <= now, ForgetRequest.purged_at.is_(None)
-                )
-            )
-        ).all()
-    for request_id, tenant in due:
-        removed = await asyncio.to_thread(store.purge, request_id)
-        async with resources.sessionmaker() as session:
-            result = await session.execute(
-                update(ForgetRequest)
-                .where(ForgetRequest.id == request_id, ForgetRequest.purged_at.is_(None))
-                .values(purged_at=utcnow())
-            )
-            if result.rowcount:  # type: ignore[attr-defined]
-                await chain.append(
-                    session,
-                    action="corpus.purged",
-                    actor=chain.SYSTEM,
-                    tenant=tenant,
-                    request_id=request_id,
-                    data={"areas": removed},
-                )
-            await session.commit()
-        report.purged.append(request_id)
-
-
 async def sweep_once(resources: Resources) -> SweepReport:
     report = SweepReport()
+    from service.orchestration.purge import purge_pass
+
     await sweep_jobs(resources, report)
-    await purge_due(resources, resources.extras["artifacts"], report)
+    purged = await purge_pass(resources, resources.extras["artifacts"])
+    report.purged.extend(purged.purged)
+    report.purge = purged
     return report
 
 
