@@ -1,8 +1,13 @@
 """Stage 2, mine anchors: the anchor dictionary (``anchors.json``) with generic translations.
 
 Candidates come from (a) the request's entity hints, (b) capitalised word spans whose
-log-likelihood rose most from the baseline to the reinforced model, and (c) optionally an LLM
-behind any OpenAI-compatible endpoint. Each anchor gets generic translations of the same kind and
+log-likelihood rose most from the baseline to the reinforced model, (c) optionally an LLM
+behind any OpenAI-compatible endpoint, (d) typed detection of structured personal data (``pii``:
+e-mails, phones, card/account/IBAN numbers, dates, URLs, handles, addresses; source "pattern"),
+whose translations are format-preserving generic values, and (e) attribute values of QA pairs
+(source "value"): the answer's words the question does not contain ("What pet does X have?" ->
+"X has a dog named Zucchini." gives "dog" and "Zucchini"). (d) and (e) are ours, not the paper's:
+``method="whp"`` leaves them out. In QA/chat input only answer tokens are mined. Each anchor gets generic translations of the same kind and
 a similar shape ("Harry" -> "Harold"), distinct anchors never share a translation, and full names
 are translated part by part so "Harry Potter" and "Harry" stay consistent. Reviewers may edit the
 JSON before targets are generated; a re-run of this stage with unchanged inputs keeps their edits.
@@ -23,9 +28,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
-from . import namebank
+from . import namebank, pii
 from .artifacts import Reporter, hash_json, write_json_atomic
 from .errors import BadInput
+from .translate import PAPER as PAPER_RULES
 from .types import (
     Anchor,
     AnchorDictionary,
@@ -35,6 +41,7 @@ from .types import (
     ForgetSpec,
     LLMOptions,
     ProgressFn,
+    QAPair,
     StageResult,
 )
 
@@ -98,7 +105,13 @@ def _pseudo_word(term: str, salt: int) -> str:
     return "".join(out)
 
 
-def _bank(kind: AnchorKind, term: str) -> Sequence[str]:
+def _bank(kind: AnchorKind, term: str, part: bool = False) -> Sequence[str]:
+    if kind == "value":
+        if term[:1].isupper() and not part:
+            # A capitalised single word is a proper noun (a pet's name, a town): give it one.
+            return (*namebank.FEMALE_FIRST, *namebank.MALE_FIRST, *namebank.PLACES)
+        words = namebank.common_words()
+        return [w.capitalize() for w in words] if term[:1].isupper() else words
     if kind == "first_name":
         return namebank.FEMALE_FIRST if _guess_gender(term) == "f" else namebank.MALE_FIRST
     if kind == "last_name":
@@ -144,20 +157,27 @@ def _kind_from_context(term: str, corpus: Sequence[str], first_names: set[str]) 
 class Translator:
     """Assigns generic translations, remembering every word so translations stay consistent."""
 
-    def __init__(self, n: int, avoid: set[str], seed: int) -> None:
+    def __init__(self, n: int, avoid: set[str], seed: int, replacer: pii.Replacer | None = None) -> None:
         self.n = n
         self.seed = seed
         self.avoid = {w.lower() for w in avoid}
         self.words: dict[str, list[str]] = {}
+        self.value_avoid: set[str] = set()
+        # Structured values (cards, dates, e-mails, ...) get format-preserving generic values.
+        self.replacer = replacer if replacer is not None else pii.Replacer(seed, avoid)
 
     def _claim(self, words: list[str]) -> None:
         self.avoid.update(w.lower() for w in words)
 
-    def word(self, term: str, kind: AnchorKind) -> list[str]:
+    def word(self, term: str, kind: AnchorKind, part: bool = False) -> list[str]:
         if term in self.words:
             return self.words[term]
-        bank = [c for c in _bank(kind, term) if c.lower() not in self.avoid and c.lower() != term.lower()]
-        if not term[:1].isupper():
+        bank = [
+            c for c in _bank(kind, term, part) if c.lower() not in self.avoid and c.lower() != term.lower()
+        ]
+        if kind == "value":
+            bank = [c for c in bank if c.lower() not in self.value_avoid]
+        elif not term[:1].isupper():
             bank = []
         ranked = sorted(bank, key=lambda c: (-_similarity(term, c), _stable(self.seed, term, c)))
         chosen = ranked[: self.n]
@@ -179,6 +199,8 @@ class Translator:
         self._claim(translations)
 
     def translate(self, term: str, kind: AnchorKind) -> list[str]:
+        if kind in pii.TYPED_KINDS:
+            return self.replacer.replace(term, kind, self.n)
         parts = term.split(" ")
         if len(parts) == 1:
             return self.word(term, kind)
@@ -187,21 +209,37 @@ class Translator:
             kinds = ["first_name"] * (len(parts) - 1) + ["last_name"]
         else:
             kinds = [kind] * len(parts)
+
+        def keep(p: str, k: AnchorKind) -> bool:
+            if k == "value":  # "The Silent Orchard": the grammar words stay
+                return p.lower() in namebank.FUNCTION_WORDS or not p.isalpha()
+            return not p[:1].isupper()
+
         per_part = [
-            self.word(p, k) if p[:1].isupper() else [p] * self.n for p, k in zip(parts, kinds, strict=True)
+            [p] * self.n if keep(p, k) else self.word(p, k, part=k == "value")
+            for p, k in zip(parts, kinds, strict=True)
         ]
         return [" ".join(pp[i % len(pp)] for pp in per_part) for i in range(self.n)]
 
 
 def build_anchors(
-    candidates: Sequence[tuple[EntityHint, str, float | None]], corpus: Sequence[str], n: int, seed: int
+    candidates: Sequence[tuple[EntityHint, str, float | None]],
+    corpus: Sequence[str],
+    n: int,
+    seed: int,
+    *,
+    replace_seed: int | None = None,
 ) -> list[Anchor]:
     """Merge candidates (hint, source, score) into anchors with translations.
 
     Hints with translations keep them; the rest get generic ones that collide neither with each
-    other nor with capitalised words of the corpus.
+    other nor with capitalised words of the corpus. Typed terms (``pii.TYPED_KINDS``) get
+    format-preserving replacements seeded with ``replace_seed`` (default: ``seed``) that equal no
+    original of the corpus; attribute values get plain words of a similar shape.
     """
     avoid = {w for text in corpus for w in re.findall(r"\b[A-Z]\w+", text)}
+    originals = {h.term for h, _s, _sc in candidates if h.kind in pii.TYPED_KINDS}
+    originals |= {d.text for text in corpus for d in pii.detect(text)}
     merged: dict[str, tuple[EntityHint, list[str], float | None]] = {}
     for hint, source, score in candidates:
         if hint.term in merged:
@@ -213,7 +251,9 @@ def build_anchors(
         else:
             merged[hint.term] = (hint, [source], score)
     avoid |= {t for t in merged}
-    tr = Translator(n, avoid, seed)
+    tr = Translator(n, avoid, seed, pii.Replacer(seed if replace_seed is None else replace_seed, originals))
+    # Value translations are plain words: none may be a word of the corpus itself.
+    tr.value_avoid = {w.lower() for text in corpus for w in re.findall(r"(?<!\w)[^\W\d_]{3,}(?!\w)", text)}
     # Given translations first (they are fixed), then single words, then multi-word terms, so that
     # full names reuse their parts' translations.
     for hint, _s, _sc in merged.values():
@@ -294,8 +334,12 @@ def mine_terms(
     top_k: int,
     min_gain: float,
     reporter: Reporter,
+    spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
 ) -> list[tuple[str, float]]:
-    """Capitalised spans with the largest mean log-likelihood gain per occurrence (nats)."""
+    """Capitalised spans with the largest mean log-likelihood gain per occurrence (nats).
+
+    ``spans[d]``: the character spans of text ``d`` that may be mined (QA: the answer; None: all).
+    """
     from .translate import make_blocks, tokenize_document
 
     if top_k == 0:
@@ -319,7 +363,10 @@ def mine_terms(
         ends = [e for _s, e in doc.offsets]
         import bisect
 
+        allowed = spans[d] if spans is not None else None
         for s, e in _word_spans(doc.text):
+            if allowed is not None and not any(a <= s and e <= b for a, b in allowed):
+                continue  # question or chat-template text: not the subject's facts
             term = doc.text[s:e]
             first = term.split()[0]
             if first in _STOP or term.lower() in lowercase or len(term) < 3:
@@ -341,6 +388,101 @@ def mine_terms(
         if len(chosen) >= top_k:
             break
     return chosen
+
+
+# ---------------------------------------------------------------- attribute values
+
+
+def _word_key(w: str) -> str:
+    """A word's comparison form: lower case, a plural or possessive "s" dropped."""
+    w = w.lower().removesuffix("'s").removesuffix("’s")
+    return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+
+
+def _common_english(word: str) -> bool:
+    try:
+        from wordfreq import zipf_frequency
+    except ImportError:  # the word list is an optional refinement; the stop list still applies
+        return False
+    # Zipf 5.6: "has", "works", "about" (and more frequent) are grammar, "dog" (5.1) is a fact.
+    return zipf_frequency(word, "en") >= 5.6
+
+
+def value_terms(qa_pairs: Sequence[QAPair], corpus: Sequence[str], *, max_share: float = 0.5) -> list[str]:
+    """Attribute values stated by QA answers: the answer's words and capitalised phrases that the
+    question does not contain ("Zucchini", "dog", "cardiologist", "The Silent Orchard").
+
+    Left out: function words, very common English words, numbers and structured values (the
+    typed detectors take those), and words common across the corpus (in more than ``max_share`` of
+    its texts, and at least 3): those are the corpus's topic, not one of its facts.
+    """
+    texts = [t.lower() for t in corpus]
+    found: dict[str, None] = {}
+
+    def common(word: str) -> bool:
+        pat = re.compile(r"(?<!\w)" + re.escape(word.lower()) + r"(?!\w)")
+        n = sum(1 for t in texts if pat.search(t))
+        return n >= 3 and n > max_share * len(texts)
+
+    for qa in qa_pairs:
+        q_keys = {_word_key(w) for w in re.findall(r"[^\W\d_][\w'’-]*", qa.question)}
+        answer = qa.answer
+        for d in pii.detect(answer):
+            answer = answer[: d.start] + " " * (d.end - d.start) + answer[d.end :]
+        words = list(re.finditer(r"[^\W\d_][\w'’-]*", answer))
+        i = 0
+        while i < len(words):
+            w = words[i].group().removesuffix("'s").removesuffix("’s")
+            if w[:1].isupper():
+                # A capitalised phrase: capitalised words, joined by single spaces or one grammar word.
+                j = i
+                while j + 1 < len(words):
+                    gap = answer[words[j].end() : words[j + 1].start()]
+                    nxt = words[j + 1].group()
+                    if gap == " " and nxt[:1].isupper():
+                        j += 1
+                    elif (
+                        gap == " "
+                        and nxt in ("of", "the", "and", "de", "von", "van", "da", "del")
+                        and j + 2 < len(words)
+                        and words[j + 2].group()[:1].isupper()
+                        and answer[words[j + 1].end() : words[j + 2].start()] == " "
+                    ):
+                        j += 2
+                    else:
+                        break
+                parts = [words[k].group() for k in range(i, j + 1)]
+                parts[-1] = parts[-1].removesuffix("'s").removesuffix("’s")
+                # Sentence-initial grammar words ("The", "She") are not part of a name.
+                while parts and (parts[0].lower() in namebank.FUNCTION_WORDS or parts[0] in _STOP):
+                    parts.pop(0)
+                phrase = " ".join(parts)
+                new = [
+                    p
+                    for p in parts
+                    if _word_key(p) not in q_keys and p.lower() not in namebank.FUNCTION_WORDS
+                ]
+                if (
+                    phrase
+                    and new
+                    and len(phrase) >= 3
+                    and not (len(parts) == 1 and _common_english(phrase.lower()))
+                ):
+                    if not common(phrase):
+                        found.setdefault(phrase, None)
+                i = j + 1
+                continue
+            low = w.lower()
+            if (
+                len(low) >= 3
+                and low not in namebank.FUNCTION_WORDS
+                and _word_key(low) not in q_keys
+                and not _common_english(low)
+                and not common(low)
+            ):
+                found.setdefault(w, None)
+            i += 1
+    return list(found)
 
 
 # ---------------------------------------------------------------- LLM proposals
@@ -417,13 +559,28 @@ def propose_with_llm(
 # ---------------------------------------------------------------- stage
 
 
+def typed_candidates(
+    texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]] | None]
+) -> list[EntityHint]:
+    """Structured personal data found in the texts (within ``spans[d]`` where given: the question
+    and answer of a QA pair, never the chat template, which may carry a date of its own)."""
+    out: dict[str, EntityHint] = {}
+    for text, allowed in zip(texts, spans, strict=True):
+        for a, b in allowed if allowed is not None else [(0, len(text))]:
+            for d in pii.detect(text[a:b]):
+                if len(d.text) <= 200 and d.text not in out:
+                    out[d.text] = EntityHint(term=d.text, kind=d.kind)
+    return list(out.values())
+
+
 def anchors_input_hash(spec: ForgetSpec, reinforce_hash: str) -> str:
     o = spec.options
     llm = o.llm.model_dump(exclude={"api_key"}) if o.llm is not None and o.llm.propose_anchors else None
     return hash_json(
         {
             "stage": STAGE,
-            "v": 1,
+            "v": 2,
+            "method": getattr(o, "method", "combined"),
             "reinforce": reinforce_hash,
             "documents": spec.documents,
             "qa": [q.model_dump() for q in spec.qa_pairs],
@@ -459,8 +616,15 @@ def mine_anchors(
 ) -> StageResult:
     """Write ``work_dir/anchors.json``; skip if it exists for the same inputs (keeping edits)."""
     from .models import attach_adapter, load_baseline, load_tokenizer
-    from .reinforce import reinforce_output
-    from .translate import corpus_texts, find_occurrences, tokenize_document
+    from .reinforce import corpus_hash, reinforce_output
+    from .translate import (
+        content_spans,
+        corpus_label_spans,
+        corpus_texts,
+        find_occurrences,
+        label_rules,
+        tokenize_document,
+    )
 
     rep = Reporter(STAGE, progress, should_cancel)
     work = Path(work_dir)
@@ -485,6 +649,7 @@ def mine_anchors(
     o = spec.options
     tokenizer = load_tokenizer(base_model_dir)
     texts = corpus_texts(spec, tokenizer)
+    rules = label_rules(o)
     candidates: list[tuple[EntityHint, str, float | None]] = [(h, "hint", None) for h in spec.hints]
     rep(0.1, f"{len(spec.hints)} hint(s)")
     if o.mine_top_k > 0:
@@ -498,6 +663,7 @@ def mine_anchors(
             top_k=o.mine_top_k,
             min_gain=o.mine_min_gain,
             reporter=rep,
+            spans=corpus_label_spans(spec, tokenizer) if rules.answer_only else None,
         )
         del model
         candidates += [(EntityHint(term=t, kind=infer_kind(t)), "mined", round(s, 4)) for t, s in mined]
@@ -507,7 +673,22 @@ def mine_anchors(
         rep(0.85, "asking the LLM for anchors")
         hints, llm_errors = propose_with_llm(o.llm, texts, o.translations_per_anchor, client=llm_client)
         candidates += [(h, "llm", None) for h in hints]
-    anchors = build_anchors(candidates, texts, o.translations_per_anchor, o.seed)
+    if rules is not PAPER_RULES:
+        typed = typed_candidates(texts, content_spans(spec, tokenizer))
+        values = value_terms(
+            spec.qa_pairs, [*[d for d in spec.documents if d.strip()], *(q.answer for q in spec.qa_pairs)]
+        )
+        taken = {h.term for h, _s, _sc in candidates} | {h.term for h in typed}
+        candidates += [(h, "pattern", None) for h in typed]
+        candidates += [(EntityHint(term=v, kind="value"), "value", None) for v in values if v not in taken]
+        rep(0.9, f"{len(typed)} typed value(s), {len(values)} attribute value(s)")
+    anchors = build_anchors(
+        candidates,
+        texts,
+        o.translations_per_anchor,
+        o.seed,
+        replace_seed=pii.request_seed(o.seed, [corpus_hash(spec)]),
+    )
     docs = [tokenize_document(tokenizer, t) for t in texts]
     for d, doc in enumerate(docs):
         for occ in find_occurrences(doc, anchors):

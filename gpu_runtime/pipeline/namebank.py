@@ -6,6 +6,8 @@ reads as plausible running text; ``anchors.generic_translations`` picks the most
 
 from __future__ import annotations
 
+from functools import cache
+
 MALE_FIRST = (
     "Aaron Adam Adrian Alan Albert Alec Alfred Andrew Anthony Arthur Barry Ben Bernard Bill Brian Bruce "
     "Carl Charles Chris Colin Daniel David Dennis Derek Donald Douglas Edgar Edward Edwin Eric Ernest "
@@ -53,3 +55,25 @@ ORGANIZATIONS = (
 ).split()
 
 FEMALE_ENDINGS = ("a", "ia", "ie", "ine", "elle", "ette", "een", "lyn", "ah", "one", "ette", "ice")
+
+
+#: Words a value translation never replaces (they carry the phrase's grammar, not the fact).
+FUNCTION_WORDS = frozenset(
+    """a an the of and or but nor in on at to for with from by as into onto upon about over under
+    after before during since until than then so if is are was were be been being am has have had do
+    does did will would shall should can could may might must not no yes it its he she they we you i
+    his her their our your my him them us me this that these those there here who whom whose which what
+    when where why how all any both each every some such very also just only own same other another
+    named called known works worked working lives lived living born died married has had got gets get
+    one two three four five six seven eight nine ten first second third last""".split()
+)
+
+
+@cache
+def common_words() -> tuple[str, ...]:
+    """Plain English words (Faker's en_US word list, offline) for translating attribute values."""
+    from faker.providers.lorem.en_US import Provider
+
+    return tuple(
+        sorted({w.lower() for w in Provider.word_list if w.isalpha() and len(w) >= 3} - FUNCTION_WORDS)
+    )
