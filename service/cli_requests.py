@@ -302,6 +302,32 @@ def approve_request(
     _print_request(request)
 
 
+@requests_group.command("deploy")
+@_client_options
+@click.argument("request_id")
+@click.option("--alias", default=None, help="Alias to deploy to (default: the request's target alias).")
+@click.option(
+    "--override",
+    is_flag=True,
+    help="Deploy although the request failed the acceptance gate (admin keys; needs --reason).",
+)
+@click.option("--reason", default=None, help="Why the override is justified; audited and in the certificate.")
+def deploy_request(
+    url: str, api_key: str | None, request_id: str, alias: str | None, override: bool, reason: str | None
+) -> None:
+    """Deploy a ready request's adapter (hot swap)."""
+    if override and not (reason or "").strip():
+        raise click.UsageError("--override needs --reason")
+    with _client(url, api_key) as client:
+        result = client.deployments.deploy(request_id, alias=alias, override=override, reason=reason)
+    deployed = result.get("deployed") or {}
+    click.echo(f"deployed {request_id} as {result.get('alias')}@{result.get('version')}")
+    if override:
+        click.echo("acceptance gate overridden: recorded in the audit trail and the certificate")
+    if deployed.get("fingerprint"):
+        click.echo(f"fingerprint {deployed['fingerprint']}")
+
+
 @click.command("verify")
 @_client_options
 @click.option("--request", "request_id", default=None, help="Run this request's probes.")
