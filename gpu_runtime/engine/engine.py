@@ -156,6 +156,7 @@ class InferenceEngine:
         # One adapter load at a time: eviction choice and injection stay consistent.
         self._load_lock = threading.Lock()
         self._start_lock = threading.Lock()
+        self._tokenize_lock = threading.Lock()
         self._model: torch.nn.Module | None = None
         self._tokenizer: Any = None
         self._scheduler: Scheduler | None = None
@@ -403,6 +404,20 @@ class InferenceEngine:
 
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer(text, add_special_tokens=True)["input_ids"]]
+
+    async def arender_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """``render_chat`` in a worker thread: tokenizing a long prompt must not stall the event loop."""
+        return await asyncio.to_thread(self._tokenizing, self.render_chat, messages)
+
+    async def aencode(self, text: str) -> list[int]:
+        """``encode`` in a worker thread, for use from the event loop."""
+        return await asyncio.to_thread(self._tokenizing, self.encode, text)
+
+    def _tokenizing(self, fn: Any, arg: Any) -> list[int]:
+        # One encode at a time: a fast tokenizer may adjust its padding/truncation state per call, which
+        # concurrent callers on one tokenizer must not interleave ("Already borrowed").
+        with self._tokenize_lock:
+            return list(fn(arg))
 
     # -- generation --------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, *, streaming: bool = False) -> RequestHandle:

@@ -22,6 +22,7 @@ from service.auth.dependencies import Principal, provide_principal
 from service.core.errors import BadRequest, ServiceError, error_body
 from service.core.state import Resources
 from service.deployments.serving import fingerprint, get_serving
+from service.gateway import limits
 from service.gateway import openai_format as fmt
 from service.gateway.errors import ModelNotFound, map_engine_error
 from service.gateway.names import ADAPTER_PREFIX, Target, can_use_base, resolve
@@ -33,12 +34,64 @@ logger = logging.getLogger("obliviate.gateway")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+MAX_JSON_DEPTH = 32  # the deepest OpenAI body (messages -> content parts -> ...) needs far fewer
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def _json_body(request: Request[Any, Any, Any]) -> Any:
     raw = await request.body()
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest(
+            f"The request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)", code="invalid_json"
+        ) from None
     except ValueError:
         raise BadRequest("The request body is not valid JSON", code="invalid_json") from None
+    _check_json(data, check_surrogates=b"\\u" in raw)
+    return data
+
+
+def _check_json(data: Any, *, check_surrogates: bool) -> None:
+    """400 for JSON nested deeper than MAX_JSON_DEPTH, or holding a lone UTF-16 surrogate (``"\\ud800"``):
+    valid JSON, but no tokenizer can encode it, and it used to surface as a 500."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(
+                    f"The request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)",
+                    code="invalid_json",
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(item, dict | list) or (check_surrogates and isinstance(item, str)):
+                    path = (
+                        f"{where}[{key}]"
+                        if isinstance(key, int)
+                        else (f"{where}.{key}" if where else str(key))
+                    )
+                    stack.append((item, depth + 1, path))
+                if check_surrogates and isinstance(key, str):
+                    _check_text(key, where or None)
+        elif check_surrogates and isinstance(value, str):
+            _check_text(value, where or None)
+
+
+def _check_text(text: str, param: str | None) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "The text holds an unpaired UTF-16 surrogate (e.g. \\ud800 without its pair), which is not valid "
+            "Unicode; send the character's full surrogate pair or the character itself",
+            param=param,
+            code="invalid_value",
+        ) from None
 
 
 def _engine_request(prompt: str | list[int], target: Target, sampling: Sampling) -> Any:
@@ -70,10 +123,14 @@ class OpenAIController(Controller):
         principal: NamedDependency[Principal],
     ) -> Response[Any]:
         body = parse_body(ChatCompletionBody, await _json_body(request))
+        messages = body.chat_messages()
+        _cap_prompt(resources, sum(len(m["content"]) for m in messages), "messages")
         engine = get_engine(resources)
         target = await resolve(resources, principal, body.model)
+        await limits.admit_request(resources, principal.tenant)
         try:
-            prompt = engine.render_chat(body.chat_messages())
+            # Off the event loop: a long prompt must not stall every other request and /health/live.
+            prompt = await engine.arender_chat(messages)
         except Exception as exc:
             raise map_engine_error(exc, model=body.model, prompt_param="messages") from None
         return await _complete(resources, principal, engine, body, target, prompt, chat=True)
@@ -86,9 +143,17 @@ class OpenAIController(Controller):
         principal: NamedDependency[Principal],
     ) -> Response[Any]:
         body = parse_body(CompletionBody, await _json_body(request))
+        prompt: str | list[int] = body.single_prompt()
+        _cap_prompt(resources, len(prompt), "prompt")
         engine = get_engine(resources)
         target = await resolve(resources, principal, body.model)
-        return await _complete(resources, principal, engine, body, target, body.single_prompt(), chat=False)
+        await limits.admit_request(resources, principal.tenant)
+        if isinstance(prompt, str):
+            try:
+                prompt = await engine.aencode(prompt)  # off the event loop, as for chat
+            except Exception as exc:
+                raise map_engine_error(exc, model=body.model, prompt_param="prompt") from None
+        return await _complete(resources, principal, engine, body, target, prompt, chat=False)
 
     @get("/models", summary="Models this key may use, with lineage")
     async def list_models(
@@ -108,6 +173,18 @@ class OpenAIController(Controller):
             if item["id"] == model_id:
                 return item
         raise ModelNotFound(model_id)
+
+
+def _cap_prompt(resources: Resources, size: int, param: str) -> None:
+    """Refuse an over-long prompt by its characters (or token ids) before any tokenizer time is spent."""
+    cap = int(resources.settings.gateway_max_prompt_chars)
+    if size > cap:
+        raise BadRequest(
+            f"The prompt has {size} characters; this server accepts at most {cap} "
+            "(OBLIVIATE_GATEWAY_MAX_PROMPT_CHARS). Shorten it.",
+            param=param,
+            code="prompt_too_long",
+        )
 
 
 async def _submit(
@@ -156,9 +233,17 @@ async def _complete(
     chat: bool,
 ) -> Response[Any]:
     serving = get_serving(resources)
-    want_logprobs = sampling_of(body).logprobs
+    sampling = sampling_of(body)
+    want_logprobs = sampling.logprobs
+    completion_cap = sampling.max_tokens or int(resources.settings.engine_max_tokens)
+    reservation = await limits.reserve_tokens(resources, principal.tenant, len(prompt) + completion_cap)
     if not body.stream:
-        result, target = await _submit(resources, principal, engine, body, target, prompt, stream=False)
+        try:
+            result, target = await _submit(resources, principal, engine, body, target, prompt, stream=False)
+        except BaseException:
+            await reservation.settle(0)
+            raise
+        await reservation.settle(len(prompt) + int(result.usage.completion_tokens))
         build = fmt.chat_completion if chat else fmt.text_completion
         return Response(
             build(
@@ -169,7 +254,11 @@ async def _complete(
                 want_logprobs=want_logprobs,
             )
         )
-    tokens, target = await _submit(resources, principal, engine, body, target, prompt, stream=True)
+    try:
+        tokens, target = await _submit(resources, principal, engine, body, target, prompt, stream=True)
+    except BaseException:
+        await reservation.settle(0)
+        raise
     writer = fmt.ChunkWriter(
         chat=chat,
         model=target.public,
@@ -177,16 +266,22 @@ async def _complete(
         include_usage=body.include_usage,
         want_logprobs=want_logprobs,
     )
-    return Stream(_events(tokens, writer), media_type="text/event-stream", headers=SSE_HEADERS)
+    return Stream(
+        _events(tokens, writer, reservation, len(prompt)), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
-async def _events(tokens: Any, writer: fmt.ChunkWriter) -> AsyncIterator[bytes]:
+async def _events(
+    tokens: Any, writer: fmt.ChunkWriter, reservation: limits.TokenReservation, prompt_tokens: int
+) -> AsyncIterator[bytes]:
+    generated = 0
     try:
         first = writer.first()
         if first is not None:
             yield first
         finish, usage = "stop", None
         async for event in tokens:
+            generated += 1
             chunk = writer.token(event.text, event.logprob)
             if chunk is not None:
                 yield chunk
@@ -204,6 +299,7 @@ async def _events(tokens: Any, writer: fmt.ChunkWriter) -> AsyncIterator[bytes]:
         )
     finally:
         await tokens.aclose()
+        await reservation.settle(prompt_tokens + generated)
 
 
 async def _models(resources: Resources, principal: Principal) -> list[dict[str, Any]]:
