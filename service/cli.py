@@ -186,7 +186,14 @@ def run_server(
         click.echo(
             f"Obliviate API on http://{served.host}:{served.port} (docs: /docs), {served.workers} worker(s)"
         )
-        uvicorn_run(create_app(served), host=served.host, port=served.port, log_level="info")
+        uvicorn_run(
+            create_app(served),
+            host=served.host,
+            port=served.port,
+            log_level="info",
+            # Open event streams must not hold a stopping server up for good.
+            timeout_graceful_shutdown=served.shutdown_grace_s,
+        )
 
 
 def _migrate_sync(settings: Settings) -> None:

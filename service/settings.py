@@ -160,6 +160,18 @@ class Settings(BaseSettings):
     orphan_grace_s: float = Field(
         default=3600.0, ge=0, description="A corpus folder without a request row this old is deleted."
     )
+    sse_max_per_key: int = Field(default=4, ge=1, description="Open event streams one API key may hold.")
+    sse_max_per_tenant: int = Field(default=32, ge=1, description="Open event streams one tenant may hold.")
+    sse_max_lifetime_s: float = Field(
+        default=600.0, gt=0, description="An event stream ends after this; clients resume with Last-Event-ID."
+    )
+    sse_recheck_s: float = Field(
+        default=15.0, gt=0, description="How often an open event stream checks that its key is still valid."
+    )
+    sse_retry_ms: int = Field(default=2000, ge=0, description="Reconnect delay sent to event-stream clients.")
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for open connections (streams) when `serve` stops."
+    )
     due_soon_s: float = Field(
         default=3 * 24 * 3600.0, ge=0, description="Listing flags requests due within this as due_soon."
     )

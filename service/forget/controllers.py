@@ -344,7 +344,9 @@ class ForgetRequestController(Controller):
         "/{request_id:str}/events",
         guards=[READ],
         summary="Server-sent events: stage changes and progress",
-        description="Resumable: send `Last-Event-ID`. `follow=false` returns what exists and closes.",
+        description="Resumable: send `Last-Event-ID`. `follow=false` returns what exists and closes. "
+        "A stream ends after `sse_max_lifetime_s`, when the key is revoked, or at shutdown: reconnect "
+        "with `Last-Event-ID`. Too many open streams per key or tenant: 429.",
     )
     async def events(
         self,
@@ -362,7 +364,11 @@ class ForgetRequestController(Controller):
             ) from None
         async with resources.sessionmaker() as session:
             await forget_service.get_for_tenant(session, principal.tenant, request_id)
-        return ServerSentEvent(_event_stream(resources, request_id, after, follow))
+        # Capped per key and tenant (429), bounded in time, ended when the key is revoked or at shutdown.
+        from service.forget.streams import limited
+
+        stream = await limited(resources, principal, lambda: _event_stream(resources, request_id, after, follow))
+        return ServerSentEvent(stream)
 
     @post("/{request_id:str}/cancel", guards=[SUBMIT], status_code=202, summary="Cancel a request")
     async def cancel(

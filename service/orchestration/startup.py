@@ -36,3 +36,7 @@ async def start(resources: Resources, stack: AsyncExitStack) -> None:
         await writer.close()
 
     stack.push_async_callback(stop)
+    # Open event streams end at shutdown (registered last, so it runs first).
+    from service.forget import streams
+
+    await streams.start(resources, stack)

@@ -1,0 +1,157 @@
+"""Limits on server-sent event streams: how many, how long, and only while the key stays valid.
+
+* At most ``sse_max_per_key`` open streams per API key and ``sse_max_per_tenant`` per tenant in one
+  API process (429 with ``Retry-After`` beyond that).
+* A stream lives at most ``sse_max_lifetime_s``; it then ends with a comment telling the client to
+  reconnect with ``Last-Event-ID`` (EventSource does so by itself, with the ``retry`` delay sent).
+* Every ``sse_recheck_s`` the key is looked up again: a revoked key's stream ends.
+* On shutdown every stream ends at its next poll (``close_all``), so open streams do not hold the
+  server up; ``serve`` bounds uvicorn's graceful shutdown as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from litestar.response import ServerSentEventMessage
+from sqlalchemy import select
+
+from service.auth.keys import Principal
+from service.core.errors import RateLimited
+from service.core.state import Resources
+
+_EXTRA = "sse_streams"
+
+
+class StreamRegistry:
+    """Open streams of this process, per key and per tenant, and the shutdown signal."""
+
+    def __init__(self) -> None:
+        self.per_key: Counter[str] = Counter()
+        self.per_tenant: Counter[str] = Counter()
+        self.closing = asyncio.Event()
+
+    @property
+    def open(self) -> int:
+        return sum(self.per_tenant.values())
+
+    def acquire(self, principal: Principal, max_per_key: int, max_per_tenant: int) -> None:
+        if self.per_key[principal.key_id] >= max_per_key:
+            raise RateLimited(
+                f"This API key has {max_per_key} event streams open already; close one first",
+                code="too_many_streams",
+                headers={"Retry-After": "5"},
+            )
+        if self.per_tenant[principal.tenant] >= max_per_tenant:
+            raise RateLimited(
+                f"Your tenant has {max_per_tenant} event streams open already; close one first",
+                code="too_many_streams",
+                headers={"Retry-After": "5"},
+            )
+        self.per_key[principal.key_id] += 1
+        self.per_tenant[principal.tenant] += 1
+
+    def release(self, principal: Principal) -> None:
+        for counter, name in ((self.per_key, principal.key_id), (self.per_tenant, principal.tenant)):
+            counter[name] -= 1
+            if counter[name] <= 0:
+                del counter[name]
+
+
+def registry(resources: Resources) -> StreamRegistry:
+    found: StreamRegistry | None = resources.extras.get(_EXTRA)
+    if found is None:
+        found = resources.extras[_EXTRA] = StreamRegistry()
+    return found
+
+
+async def start(resources: Resources, stack: AsyncExitStack) -> None:
+    """Start-up hook: streams end when the app shuts down."""
+    streams = registry(resources)
+
+    async def close_all() -> None:
+        streams.closing.set()
+
+    stack.push_async_callback(close_all)
+
+
+async def key_is_active(resources: Resources, key_id: str) -> bool:
+    from service.auth.models import ApiKey
+
+    async with resources.sessionmaker() as session:
+        revoked = await session.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id))
+        row = revoked.first()
+    return row is not None and row[0] is None
+
+
+async def limited(
+    resources: Resources,
+    principal: Principal,
+    messages: Callable[[], AsyncIterator[ServerSentEventMessage]],
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Wrap a stream with the per-key/tenant cap (taken now), the lifetime and the key re-check."""
+    settings = resources.settings
+    streams = registry(resources)
+    streams.acquire(principal, settings.sse_max_per_key, settings.sse_max_per_tenant)
+    return _run(resources, principal, messages, streams)
+
+
+async def _run(
+    resources: Resources,
+    principal: Principal,
+    messages: Callable[[], AsyncIterator[ServerSentEventMessage]],
+    streams: StreamRegistry,
+) -> AsyncIterator[ServerSentEventMessage]:
+    settings = resources.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.sse_max_lifetime_s
+    next_check = loop.time() + settings.sse_recheck_s
+    source = messages()
+    pending: asyncio.Task[Any] | None = None
+    closing = asyncio.ensure_future(streams.closing.wait())
+    try:
+        yield ServerSentEventMessage(data=None, comment="stream open", retry=int(settings.sse_retry_ms))
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                yield ServerSentEventMessage(
+                    data=None, comment="stream lifetime reached; reconnect with Last-Event-ID"
+                )
+                return
+            if now >= next_check:
+                next_check = now + settings.sse_recheck_s
+                if not await key_is_active(resources, principal.key_id):
+                    yield ServerSentEventMessage(event="error", data='{"code": "key_revoked"}')
+                    return
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            wait = max(0.0, min(deadline, next_check) - loop.time())
+            done, _ = await asyncio.wait(
+                {pending, closing}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            if closing in done:
+                yield ServerSentEventMessage(
+                    data=None, comment="server shutting down; reconnect with Last-Event-ID"
+                )
+                return
+            if pending in done:
+                task, pending = pending, None
+                try:
+                    message = task.result()
+                except StopAsyncIteration:
+                    return
+                yield message
+    finally:
+        streams.release(principal)
+        closing.cancel()
+        if pending is not None:
+            pending.cancel()
+            try:
+                await pending
+            except (asyncio.CancelledError, StopAsyncIteration, Exception):
+                pass
+        await source.aclose()  # type: ignore[attr-defined]
