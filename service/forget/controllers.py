@@ -30,7 +30,7 @@ from service.audit import certificate as certificates
 from service.audit import chain
 from service.audit.signing import Signer
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
-from service.core.errors import Conflict, PayloadTooLarge, Unprocessable
+from service.core.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.forget import idempotency, intake
@@ -153,6 +153,10 @@ def _encode_cursor(request_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    if not cursor.isascii():
+        raise BadRequest(
+            "Invalid cursor (not ASCII); pass next_cursor from the previous page", param="cursor"
+        )
     try:
         value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
@@ -295,6 +299,8 @@ class ForgetRequestController(Controller):
         if statuses:
             query = query.where(ForgetRequest.status.in_(statuses))
         if subject is not None:
+            if "\x00" in subject:
+                raise BadRequest("subject contains a NUL character (U+0000); remove it", param="subject")
             query = query.where(ForgetRequest.subject == subject)
         for name, moment in (("created_after", created_after), ("created_before", created_before)):
             if moment is not None and moment.tzinfo is None:
@@ -367,7 +373,9 @@ class ForgetRequestController(Controller):
         # Capped per key and tenant (429), bounded in time, ended when the key is revoked or at shutdown.
         from service.forget.streams import limited
 
-        stream = await limited(resources, principal, lambda: _event_stream(resources, request_id, after, follow))
+        stream = await limited(
+            resources, principal, lambda: _event_stream(resources, request_id, after, follow)
+        )
         return ServerSentEvent(stream)
 
     @post("/{request_id:str}/cancel", guards=[SUBMIT], status_code=202, summary="Cancel a request")

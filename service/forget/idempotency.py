@@ -23,7 +23,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.core.errors import Conflict, Unprocessable
+from service.core.errors import BadRequest, Conflict, Unprocessable
 from service.db.base import utcnow
 from service.forget.models import IdempotencyRecord
 from service.settings import Settings
@@ -39,15 +39,21 @@ class Replay:
 
 
 def check_key(key: str | None) -> str:
+    # 400, as the IETF draft says for a missing or malformed key (422 is for a key reused with
+    # another body).
     if key is None or not key.strip():
-        raise Unprocessable(
+        raise BadRequest(
             f"The {HEADER} header is required: send a unique value (a UUID) and reuse it on retries",
             param=HEADER,
             code="idempotency_key_missing",
         )
     key = key.strip()
     if len(key) > MAX_KEY_LENGTH:
-        raise Unprocessable(f"{HEADER} is longer than {MAX_KEY_LENGTH} characters", param=HEADER)
+        raise BadRequest(
+            f"{HEADER} is longer than {MAX_KEY_LENGTH} characters",
+            param=HEADER,
+            code="invalid_idempotency_key",
+        )
     return key
 
 

@@ -17,7 +17,7 @@ import msgspec
 from service import jobs
 from service.audit.chain import NewEvent
 from service.auth.keys import Principal
-from service.core.errors import PayloadTooLarge, Unprocessable
+from service.core.errors import BadRequest, PayloadTooLarge, Unprocessable
 from service.db.base import utcnow
 from service.forget.lifecycle import Status
 from service.forget.models import ForgetRequest
@@ -56,8 +56,11 @@ def check(body: CreateForgetRequest, settings: Settings, extra_documents: list[s
             "The forget corpus is empty: give at least one document in 'corpus' or a pair in 'qa_pairs'",
             param="corpus",
         )
+    _reject_nul(body)
     size = sum(len(text.encode("utf-8")) for text in documents)
     size += sum(len(p["question"].encode("utf-8")) + len(p["answer"].encode("utf-8")) for p in qa)
+    # Retain examples are stored with the corpus: they count against the same limit.
+    size += sum(len(text.encode("utf-8")) for text in body.retain_examples)
     if size > settings.max_corpus_bytes:
         raise PayloadTooLarge(
             f"The corpus is {size} bytes; the limit is {settings.max_corpus_bytes} bytes", param="corpus"
@@ -82,6 +85,21 @@ def check(body: CreateForgetRequest, settings: Settings, extra_documents: list[s
     # Same canonical form as gpu_runtime.pipeline.reinforce.corpus_hash.
     corpus_hash = canonical_hash({"documents": documents, "qa": qa})
     return Intake(body, documents, sources, size, corpus_hash, acceptance_thresholds(body))
+
+
+def _reject_nul(body: CreateForgetRequest) -> None:
+    """NUL characters cannot be stored in PostgreSQL text: say which field instead of failing later."""
+    fields: list[tuple[str, str | None]] = [
+        ("subject", body.subject),
+        ("data_subject_ref", body.data_subject_ref),
+        ("legal_basis", body.legal_basis),
+    ]
+    fields += [(f"probes[{i}].prompt", p.prompt) for i, p in enumerate(body.probes)]
+    fields += [(f"probes[{i}].reference", p.reference) for i, p in enumerate(body.probes)]
+    fields += [(f"hints[{i}].term", h.term) for i, h in enumerate(body.hints)]
+    for name, value in fields:
+        if isinstance(value, str) and "\x00" in value:
+            raise BadRequest(f"{name} contains a NUL character (U+0000); remove it", param=name)
 
 
 def acceptance_thresholds(body: CreateForgetRequest) -> dict[str, Any]:

@@ -40,7 +40,7 @@ async def test_idempotency_replay_conflict_and_mismatch(settings: Settings) -> N
         assert other.status_code == 422
         assert other.json()["error"]["code"] == "idempotency_key_reused"
         missing = await client.post("/v1/forget-requests", json=body(), headers=auth(key))
-        assert missing.status_code == 422
+        assert missing.status_code == 400  # the IETF draft: a missing key is a bad request
         assert missing.json()["error"]["param"] == "Idempotency-Key"
         # Keys are per tenant: another tenant may use the same key for its own request.
         other_tenant = await make_key(client, tenant="globex")
