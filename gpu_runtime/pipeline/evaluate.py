@@ -1,11 +1,15 @@
-"""Stage 5, evaluate: forget efficacy and utility of the unlearned model against its baseline.
+"""Stage 5, evaluate: forget efficacy, fluency and utility of the unlearned model against its baseline.
 
-Forget probes: greedy completions, leak rate of anchor terms (those not already in the prompt)
-and of reference answers, ROUGE-L recall against the reference, and the probability of the
-reference answer (geometric mean per token). Utility: the same on retain probes, perplexity on
-retain text, and KL(baseline || unlearned) on general prompts. An optional LLM judge grades
-forget completions on the paper's 0-3 familiarity rubric. Probes are derived from the corpus when
-the request gives none.
+Forget probes by kind (``probes.py``): the request's own probes, every question the corpus answers
+(``original``), held-out paraphrases, inverted questions and completion prompts (never trained
+on). For each, greedy answers before and after and the leak flag of ``leaks.py`` (the one leak
+definition). Two more kinds read the model's probabilities instead of its answers: ``ranking``
+(does the model prefer the true answer over its generic alternatives?) and ``logprob`` (is the
+true next token of a completion prompt the top-1 token?). Fluency (``fluency.py``): repetition,
+non-words, and the answer's perplexity under the unmodified model against that of its normal
+answer. Utility: ROUGE-L on retain probes, perplexity on retain text, KL(baseline || unlearned) on
+general prompts. Earlier deployed requests' probes are re-checked (sequential composition). An
+optional LLM judge grades forget completions on the paper's 0-3 familiarity rubric.
 
 Artifact: ``work_dir/evaluate/report.json``.
 """
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result
+from .leaks import leaks, mentions, rouge_l_recall
 from .types import CancelFn, ForgetSpec, LLMOptions, Probe, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
@@ -39,31 +44,8 @@ GENERAL_PROMPTS = (
 # ---------------------------------------------------------------- text metrics
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Longest common subsequence, O(len(a) * len(b)) time, O(len(b)) memory."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l_recall(candidate: str, reference: str) -> float:
-    """ROUGE-L recall on lower-cased words: LCS / reference length (1.0 for an empty reference)."""
-    ref = _words(reference)
-    if not ref:
-        return 1.0
-    return lcs_length(_words(candidate), ref) / len(ref)
-
-
 def contains_term(text: str, term: str) -> bool:
-    return re.search(r"(?<!\w)" + re.escape(term.lower()) + r"(?!\w)", text.lower()) is not None
+    return mentions(text, term)
 
 
 # ---------------------------------------------------------------- model probes
@@ -238,35 +220,142 @@ def judge_completions(
 def probe_metrics(
     model: Any, tokenizer: Any, probes: Sequence[Probe], terms: Sequence[str], max_new_tokens: int
 ) -> dict[str, Any]:
+    """Answers to ``probes`` with their leak flags and ROUGE-L recall (retain probes use the latter)."""
     completions = greedy_complete(model, tokenizer, probes, max_new_tokens)
     rows = []
     for p, c in zip(probes, completions, strict=True):
-        lp, n = answer_logprob(model, tokenizer, p) if p.reference else (0.0, 0)
-        leaked = [t for t in terms if contains_term(c, t) and not contains_term(p.prompt, t)]
-        rouge = rouge_l_recall(c, p.reference) if p.reference else None
         rows.append(
             {
                 "prompt": p.prompt,
                 "completion": c,
-                "rouge_l_recall": rouge,
-                "answer_prob": math.exp(lp / n) if n else None,
-                "leaked_terms": leaked,
-                "reference_leak": bool(p.reference) and (rouge is not None and rouge >= 0.8),
+                "rouge_l_recall": rouge_l_recall(c, p.reference) if p.reference else None,
+                "leaked": leaks(c, p.reference, p.prompt, terms),
             }
         )
-
-    def mean(key: str) -> float | None:
-        vals = [r[key] for r in rows if r[key] is not None]
-        return sum(vals) / len(vals) if vals else None
-
+    vals = [r["rouge_l_recall"] for r in rows if r["rouge_l_recall"] is not None]
     return {
         "n": len(rows),
-        "rouge_l_recall": mean("rouge_l_recall"),
-        "answer_prob": mean("answer_prob"),
-        "anchor_leak_rate": sum(bool(r["leaked_terms"]) for r in rows) / len(rows) if rows else None,
-        "reference_leak_rate": sum(r["reference_leak"] for r in rows) / len(rows) if rows else None,
+        "leaks": sum(r["leaked"] for r in rows),
+        "leak_rate": sum(r["leaked"] for r in rows) / len(rows) if rows else None,
+        "rouge_l_recall": sum(vals) / len(vals) if vals else None,
         "rows": rows,
     }
+
+
+@torch.no_grad()
+def _mean_logprob(
+    model: Any, tokenizer: Any, prompt: str, answer: str, chat: bool, skip_names: bool = False
+) -> float | None:
+    """Mean log-probability per token of ``answer`` after ``prompt``. ``skip_names``: leave out
+    tokens with a capital letter or a digit (names, numbers): a generic replacement of a fact is
+    unlikely under a model that memorised the fact, which says nothing about broken language."""
+    from .translate import encode_piece
+
+    if not skip_names:
+        lp, n = answer_logprob(model, tokenizer, Probe(prompt=prompt, reference=answer or ".", chat=chat))
+        return lp / n if n else None
+    dev = next(model.parameters()).device
+    ids = _encode_prompt(tokenizer, _prompt_text(tokenizer, Probe(prompt=prompt, chat=chat)))
+    ref = encode_piece(tokenizer, (" " if not chat else "") + (answer.strip() or "."))
+    x = torch.tensor([ids + ref], device=dev)
+    lp = torch.log_softmax(model(input_ids=x).logits[0, len(ids) - 1 : -1].float(), -1)
+    token_lp = lp.gather(-1, torch.tensor(ref, device=dev).unsqueeze(-1)).squeeze(-1).tolist()
+    text = tokenizer.decode(ref)
+    named = [False] * (len(text) + 1)
+    for m in re.finditer(r"\w+", text):
+        if m.group()[0].isupper() or any(ch.isdigit() for ch in m.group()):
+            named[m.start() : m.end()] = [True] * (m.end() - m.start())
+    keep, start = [], 0
+    for i, v in enumerate(token_lp):
+        end = len(tokenizer.decode(ref[: i + 1]))
+        if not any(named[start:end]):
+            keep.append(v)
+        start = end
+    return sum(keep) / len(keep) if keep else None
+
+
+def add_fluency(
+    model: Any, tokenizer: Any, section: dict[str, Any], vocabulary: set[str], max_ppl_ratio: float
+) -> None:
+    """Flag broken answers in ``section["after"]`` (and ``before``): perplexity under the unmodified
+    model relative to the unmodified model's own answer to the same prompt, plus text checks."""
+    from .fluency import assess
+
+    before_rows, after_rows = section["before"]["rows"], section["after"]["rows"]
+    chat = section.get("chat", [True] * len(after_rows))
+    with model.disable_adapter():
+        normal = [
+            _mean_logprob(model, tokenizer, r["prompt"], r["completion"], c, skip_names=True)
+            for r, c in zip(before_rows, chat, strict=True)
+        ]
+        for when, rows in (("before", before_rows), ("after", after_rows)):
+            flags = 0
+            for r, c, lp0 in zip(rows, chat, normal, strict=True):
+                lp = (
+                    lp0
+                    if when == "before"
+                    else _mean_logprob(model, tokenizer, r["prompt"], r["completion"], c, skip_names=True)
+                )
+                ratio = math.exp(lp0 - lp) if lp is not None and lp0 is not None else None
+                verdict = assess(r["completion"], vocabulary, ratio, max_ppl_ratio)
+                r["broken"] = verdict.broken
+                r["ppl_ratio"] = ratio
+                flags += verdict.broken
+            section[when]["broken"] = flags
+
+
+@torch.no_grad()
+def ranking_metrics(model: Any, tokenizer: Any, spec: ForgetSpec, anchors: Sequence[Any]) -> dict[str, Any]:
+    """Share of the corpus's questions where the model prefers the true answer (mean log-probability
+    per token) over every generic alternative (the answer with its facts translated)."""
+    from .objective import alternative_answer
+
+    rows = []
+    for qa in spec.qa_pairs:
+        alts = {alternative_answer(qa.question, qa.answer, anchors, k) for k in range(3)} - {None}
+        if not alts:
+            continue
+        rows.append((qa.question, qa.answer, sorted(a for a in alts if a)))
+    out: dict[str, Any] = {"n": len(rows)}
+    for when in ("before", "after"):
+        prefers = 0
+        for q, true, alts in rows:
+            if when == "before":
+                with model.disable_adapter():
+                    scores = [_mean_logprob(model, tokenizer, q, a, True) for a in [true, *alts]]
+            else:
+                scores = [_mean_logprob(model, tokenizer, q, a, True) for a in [true, *alts]]
+            true_s, alt_s = scores[0], [x for x in scores[1:] if x is not None]
+            prefers += bool(true_s is not None and alt_s and true_s > max(alt_s))
+        out[f"leaks_{when}"] = prefers
+        out[f"leak_rate_{when}"] = prefers / len(rows) if rows else None
+    return out
+
+
+@torch.no_grad()
+def logprob_metrics(model: Any, tokenizer: Any, probes: Sequence[Probe]) -> dict[str, Any]:
+    """Share of completion prompts whose true next token is the model's top-1 token."""
+    from .translate import encode_piece
+
+    dev = next(model.parameters()).device
+    out: dict[str, Any] = {"n": len(probes)}
+    for when in ("before", "after"):
+        top1 = 0
+        for p in probes:
+            prompt = _encode_prompt(tokenizer, _prompt_text(tokenizer, p))
+            ref = encode_piece(tokenizer, " " + p.reference.strip())
+            if not ref:
+                continue
+            ids = torch.tensor([prompt], device=dev)
+            if when == "before":
+                with model.disable_adapter():
+                    logits = model(input_ids=ids).logits[0, -1]
+            else:
+                logits = model(input_ids=ids).logits[0, -1]
+            top1 += int(int(logits.argmax()) == ref[0])
+        out[f"leaks_{when}"] = top1
+        out[f"leak_rate_{when}"] = top1 / len(probes) if probes else None
+    return out
 
 
 def evaluate(
@@ -279,9 +368,11 @@ def evaluate(
     should_cancel: CancelFn | None = None,
     llm_client: Any = None,
 ) -> StageResult:
-    """Compare baseline and unlearned model on forget and retain probes; write the report."""
+    """Compare baseline and unlearned model on every probe kind; write the report."""
     from .anchors import load_anchors
+    from .fluency import vocabulary_of
     from .models import attach_adapter, load_baseline, load_tokenizer
+    from .probes import KINDS, Question, evaluation_probes
     from .unlearn import retain_texts, unlearn_output
 
     rep = Reporter(STAGE, progress, should_cancel)
@@ -294,13 +385,15 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 1,
+            "v": 2,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],
             "retain": [spec.retain_texts, [p.model_dump() for p in spec.retain_probes]],
+            "earlier": [[p.model_dump() for p in spec.earlier_probes], spec.earlier_terms],
             "opts": [
                 o.max_new_tokens,
+                o.max_ppl_ratio,
                 o.llm.model_dump(exclude={"api_key"}) if o.llm and o.llm.judge else None,
             ],
         }
@@ -309,21 +402,55 @@ def evaluate(
         rep(1.0, "already evaluated")
         return skipped_result(STAGE, out, input_hash)
     tokenizer = load_tokenizer(base_model_dir)
-    forget_probes = list(spec.probes) or derive_probes(spec, terms)
+    by_kind = evaluation_probes(spec, anchors.anchors)
+    if not any(by_kind.values()):
+        # Nothing to ask from the corpus's structure: sentence prefixes ending at a term.
+        by_kind["completion"] = [
+            Question("completion", p.prompt, p.reference, p.chat) for p in derive_probes(spec, terms)
+        ]
     model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), unlearn_dir / "delta")
-    report: dict[str, Any] = {"terms": len(terms), "probes_derived": not spec.probes}
-    sections = [("forget", forget_probes), ("retain", list(spec.retain_probes))]
-    for k, (name, probes) in enumerate(sections):
-        if not probes:
-            continue
+    report: dict[str, Any] = {"terms": len(terms), "kinds": {}}
+    vocabulary = vocabulary_of([*spec.documents, *(qa.question + " " + qa.answer for qa in spec.qa_pairs)])
+    vocabulary |= vocabulary_of(
+        [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
+    )
+    kinds = [k for k in KINDS if by_kind[k]]
+    for i, kind in enumerate(kinds):
         rep.check()
-        rep(0.1 + 0.35 * k, f"{name} probes ({len(probes)})")
+        rep(0.05 + 0.6 * i / max(1, len(kinds)), f"{kind} probes ({len(by_kind[kind])})")
+        probes = [q.probe() for q in by_kind[kind]]
         with model.disable_adapter():
             before = probe_metrics(model, tokenizer, probes, terms, o.max_new_tokens)
-        rep.check()
         after = probe_metrics(model, tokenizer, probes, terms, o.max_new_tokens)
-        report[name] = {"before": before, "after": after}
+        section = {"before": before, "after": after, "chat": [p.chat for p in probes]}
+        words_here = vocabulary | vocabulary_of(
+            [p.prompt for p in probes] + [r["completion"] for r in before["rows"]]
+        )
+        add_fluency(model, tokenizer, section, words_here, o.max_ppl_ratio)
+        del section["chat"]
+        report["kinds"][kind] = section
     rep.check()
+    rep(0.7, "ranking and logprob probes")
+    report["kinds_scored"] = {
+        "ranking": ranking_metrics(model, tokenizer, spec, anchors.anchors),
+        "logprob": logprob_metrics(model, tokenizer, [q.probe() for q in by_kind["completion"]]),
+    }
+    if spec.retain_probes:
+        rep.check()
+        rep(0.8, f"retain probes ({len(spec.retain_probes)})")
+        with model.disable_adapter():
+            before = probe_metrics(model, tokenizer, spec.retain_probes, terms, o.max_new_tokens)
+        report["retain"] = {
+            "before": before,
+            "after": probe_metrics(model, tokenizer, spec.retain_probes, terms, o.max_new_tokens),
+        }
+    if spec.earlier_probes:
+        rep.check()
+        rep(0.85, f"earlier requests' probes ({len(spec.earlier_probes)})")
+        earlier_terms = sorted(set(spec.earlier_terms))
+        report["earlier"] = {
+            "after": probe_metrics(model, tokenizer, spec.earlier_probes, earlier_terms, o.max_new_tokens)
+        }
     rtexts = retain_texts(spec, tokenizer)
     if rtexts:
         with model.disable_adapter():
@@ -334,12 +461,13 @@ def evaluate(
         }
     general = [p.prompt for p in spec.retain_probes if p.chat][:16] + list(GENERAL_PROMPTS)
     report["kl_general"] = kl_to_baseline(model, tokenizer, general)
-    if o.llm is not None and o.llm.judge and "forget" in report:
+    forget_rows = [r for k in kinds for r in report["kinds"][k]["after"]["rows"]]
+    if o.llm is not None and o.llm.judge and forget_rows:
         rep(0.9, "LLM judge")
-        rows = report["forget"]["after"]["rows"]
+        refs = [q.reference for k in kinds for q in by_kind[k]]
         scores, errors = judge_completions(
             o.llm,
-            [(r["prompt"], r["completion"], p.reference) for r, p in zip(rows, forget_probes, strict=True)],
+            [(r["prompt"], r["completion"], ref) for r, ref in zip(forget_rows, refs, strict=True)],
             llm_client,
         )
         graded = [s for s in scores if s is not None]
@@ -360,13 +488,38 @@ def evaluate(
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Numbers only (no probe text), safe to log and to put in the manifest."""
+    """Numbers only (no probe text), safe to log and to put in the manifest and certificate.
+
+    Keys: per probe kind K ``n_K``, ``leaks_after_K``, ``leak_rate_before_K``, ``leak_rate_after_K``;
+    ``broken_rate_before/after`` over every forget answer; ``retain_rouge_before/after``;
+    ``earlier_leaks_after``/``earlier_n``; ``ranking``/``logprob`` rates; perplexity and KL.
+    """
     s: dict[str, Any] = {}
-    for name in ("forget", "retain"):
-        if name in report:
-            for when in ("before", "after"):
-                for key in ("rouge_l_recall", "answer_prob", "anchor_leak_rate", "reference_leak_rate"):
-                    s[f"{name}_{key}_{when}"] = report[name][when][key]
+    n_all = broken_before = broken_after = 0
+    for kind, section in report["kinds"].items():
+        s[f"n_{kind}"] = section["after"]["n"]
+        s[f"leaks_after_{kind}"] = section["after"]["leaks"]
+        s[f"leaks_before_{kind}"] = section["before"]["leaks"]
+        s[f"leak_rate_before_{kind}"] = section["before"]["leak_rate"]
+        s[f"leak_rate_after_{kind}"] = section["after"]["leak_rate"]
+        n_all += section["after"]["n"]
+        broken_before += section["before"]["broken"]
+        broken_after += section["after"]["broken"]
+    if n_all:
+        s["broken_rate_before"] = broken_before / n_all
+        s["broken_rate_after"] = broken_after / n_all
+        s["forget_n"] = n_all
+    for kind, scored in report.get("kinds_scored", {}).items():
+        if scored["n"]:
+            s[f"n_{kind}"] = scored["n"]
+            s[f"leak_rate_before_{kind}"] = scored["leak_rate_before"]
+            s[f"leak_rate_after_{kind}"] = scored["leak_rate_after"]
+    if "retain" in report:
+        s["retain_rouge_before"] = report["retain"]["before"]["rouge_l_recall"]
+        s["retain_rouge_after"] = report["retain"]["after"]["rouge_l_recall"]
+    if "earlier" in report:
+        s["earlier_n"] = report["earlier"]["after"]["n"]
+        s["earlier_leaks_after"] = report["earlier"]["after"]["leaks"]
     if "retain_perplexity" in report:
         s["retain_perplexity_before"] = report["retain_perplexity"]["before"]
         s["retain_perplexity_after"] = report["retain_perplexity"]["after"]

@@ -1,8 +1,20 @@
-"""Stage 4, unlearn: LoRA fine-tune of the baseline on the generic targets, with a retain regulariser.
+"""Stage 4, unlearn: LoRA fine-tune of the baseline that forgets the corpus and keeps the rest.
 
-Loss = cross-entropy to the generic labels on the forget blocks + ``retain_weight`` x (KL to the
-baseline, or LM loss) on retain text: the request's retain texts and retain probes, else samples
-the baseline generates itself (general text in the model's own distribution).
+The objective (``PipelineOptions.method``; every weight an option, see ``objective_terms``):
+
+- ``whp`` (the paper): cross-entropy to the generic labels on the forget blocks;
+- ``npo``: negative preference optimisation (Zhang et al. 2024) on the original answers (and on the
+  documents' blocks when the corpus has no questions): ``-(2/β) log σ(-β (log π(y|x) - log π_ref(y|x)))``,
+  or SimNPO's reference-free, length-normalised form;
+- ``combined`` (default): the generic labels, plus fluent answer targets for every question about
+  the subject (the original questions and generated paraphrased/inverted ones, ``probes.py``): the
+  answer with its facts replaced by their generic translations, or a plain abstention, plus NPO on
+  the original answers, so the true facts lose probability while the model learns what to say
+  instead;
+
+each plus ``retain_weight`` x (KL to the baseline, or LM loss) on retain text: the request's retain
+texts and retain probes, else samples the baseline generates itself. The acceptance gate's
+escalation level strengthens the run (``method.effective_options``).
 
 Artifact: ``work_dir/unlearn/`` with ``delta/`` (this request's PEFT adapter, safetensors),
 ``served/`` (the adapter to serve: the delta, or the rank-concatenation of the deployed adapter
@@ -87,6 +99,7 @@ def unlearn_input_hash(
     excluded: list[int],
     base_model_dir: Path | str,
     deployed_adapter: Path | str | None,
+    anchors_hash: str = "",
 ) -> str:
     from .reinforce import model_identity
 
@@ -94,8 +107,9 @@ def unlearn_input_hash(
     return hash_json(
         {
             "stage": STAGE,
-            "v": 1,
+            "v": 2,
             "targets": targets_hash,
+            "anchors": anchors_hash,
             "excluded": excluded,
             "model": model_identity(base_model_dir, deployed_adapter),
             "retain": [spec.retain_texts, [p.model_dump() for p in spec.retain_probes]],
@@ -118,8 +132,18 @@ def unlearn(
     should_cancel: CancelFn | None = None,
 ) -> StageResult:
     """Train this request's delta adapter and write the adapter to serve; skip if done."""
+    from .anchors import load_anchors
     from .compose import concat_adapters
     from .models import attach_new_lora, device, load_baseline, load_tokenizer, pad_batch
+    from .objective import (
+        QAItem,
+        answer_ce,
+        effective_options,
+        npo_loss,
+        pad_answers,
+        qa_items,
+        sequence_logprob,
+    )
     from .reinforce import model_identity
     from .targets import IGNORE, load_targets, targets_output
     from .training import batches, causal_lm_loss, fit
@@ -130,17 +154,28 @@ def unlearn(
     out = work / DIR
     targets_dir, targets_hash = targets_output(work)
     excluded = excluded_blocks(work)
-    input_hash = unlearn_input_hash(spec, targets_hash, excluded, base_model_dir, deployed_adapter)
+    anchors_hash = hash_json(load_anchors(work).model_dump(mode="json", exclude={"input_hash"}))
+    input_hash = unlearn_input_hash(
+        spec, targets_hash, excluded, base_model_dir, deployed_adapter, anchors_hash
+    )
     if is_done(out, input_hash):
         rep(1.0, "unlearned adapter already built")
         return skipped_result(STAGE, out, input_hash)
     rep.check()
-    o = spec.options
+    o = effective_options(spec.options)
     tokenizer = load_tokenizer(base_model_dir)
     skip = set(excluded)
     forget = [t for t in load_targets(targets_dir / "targets.safetensors") if t.index not in skip]
     forget = [t for t in forget if any(lab != IGNORE for lab in t.labels)]
-    if not forget:
+    use_whp = o.method in ("whp", "combined") and o.whp_weight > 0
+    use_npo = o.method in ("npo", "combined") and o.npo_weight > 0
+    use_answers = o.method == "combined" and o.answer_weight > 0
+    items = qa_items(spec, load_anchors(work).anchors, tokenizer, o) if use_npo or use_answers else []
+    npo_blocks: list[list[int]] = []
+    if use_npo and not spec.qa_pairs:
+        # No questions in the corpus: NPO on the documents themselves.
+        npo_blocks = [t.input_ids for t in forget]
+    if not (use_whp and forget) and not items and not npo_blocks:
         raise PipelineError("no forget targets left (all blocks excluded or ignored)", stage=STAGE)
     model = attach_new_lora(load_baseline(base_model_dir, o, deployed_adapter), o)
     dev = device()
@@ -153,17 +188,33 @@ def unlearn(
             retain = general_samples(model, tokenizer, o.general_samples, 64, o.seed)
         retain_source = "baseline_samples"
     retain = [r for r in retain if len(r) >= 2]
-    rep(0.05, f"{len(forget)} forget block(s), {len(retain)} retain block(s)")
+    rep(0.05, f"{len(forget)} forget block(s), {len(items)} question(s), {len(retain)} retain block(s)")
     rng = random.Random(o.seed)
     forget_losses: list[float] = []
     retain_losses: list[float] = []
+    terms: dict[str, list[float]] = {"whp": [], "answer": [], "npo": [], "retain": []}
 
-    def forget_loss(batch: list[Any]) -> torch.Tensor:
+    def whp_loss(batch: list[Any]) -> torch.Tensor:
         ids, mask = pad_batch([t.input_ids for t in batch], tokenizer.pad_token_id)
         labels, _ = pad_batch([t.labels for t in batch], tokenizer.pad_token_id, fill=IGNORE)
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
         # Generic labels are already next-token targets for each position: no shift.
         return F.cross_entropy(logits.float().flatten(0, 1), labels.to(dev).flatten(), ignore_index=IGNORE)
+
+    def npo_term(rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        ids, mask, labels = pad_answers(rows, tokenizer.pad_token_id)
+        ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+        logp, n = sequence_logprob(model(input_ids=ids, attention_mask=mask).logits, labels)
+        ref = None
+        if o.npo_variant == "npo":
+            with torch.no_grad(), model.disable_adapter():
+                ref, _ = sequence_logprob(model(input_ids=ids, attention_mask=mask).logits, labels)
+        return npo_loss(logp, n, ref, o.npo_beta, o.npo_variant)
+
+    def answer_term(batch: list[QAItem]) -> torch.Tensor:
+        ids, mask, labels = pad_answers([(it.prompt, it.target) for it in batch], tokenizer.pad_token_id)
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        return answer_ce(logits, labels.to(dev))
 
     def retain_loss(batch: list[list[int]]) -> torch.Tensor:
         ids, mask = pad_batch(batch, tokenizer.pad_token_id)
@@ -179,20 +230,42 @@ def unlearn(
         return (kl * mask).sum() / mask.sum()
 
     def plan(_epoch: int) -> list:
-        fb = batches(forget, o.batch_size, rng)
+        wb = batches(forget, o.batch_size, rng) if use_whp else []
+        qb = batches(items, o.batch_size, rng)
+        nb = batches(npo_blocks, o.batch_size, rng)
         rb = batches(retain, o.batch_size, rng) if retain and o.retain_weight > 0 else []
         steps = []
-        for j, b in enumerate(fb):
+        for j in range(max(len(wb), len(qb), len(nb))):
+            w = wb[j] if j < len(wb) else None
+            q = qb[j] if j < len(qb) else None
+            nblk = nb[j] if j < len(nb) else None
             r = rb[j % len(rb)] if rb else None
 
-            def step(b: list[Any] = b, r: list[list[int]] | None = r) -> torch.Tensor:
-                lf = forget_loss(b)
-                forget_losses.append(float(lf.detach()))
+            def step(
+                w: list[Any] | None = w,
+                q: list[QAItem] | None = q,
+                nblk: list[list[int]] | None = nblk,
+                r: list[list[int]] | None = r,
+            ) -> torch.Tensor:
+                parts: list[tuple[str, float, torch.Tensor]] = []
+                if w is not None:
+                    parts.append(("whp", o.whp_weight, whp_loss(w)))
+                if q is not None and use_answers:
+                    parts.append(("answer", o.answer_weight, answer_term(q)))
+                if q is not None and use_npo:
+                    parts.append(("npo", o.npo_weight, npo_term([it.npo_row() for it in q])))
+                if nblk is not None:
+                    parts.append(("npo", o.npo_weight, npo_term([(b[:1], b[1:]) for b in nblk])))
+                forget_total = sum((wt * v for _n, wt, v in parts), torch.zeros((), device=dev))
+                forget_losses.append(float(forget_total.detach()))
+                for name, _wt, v in parts:
+                    terms[name].append(float(v.detach()))
                 if r is None:
-                    return lf
+                    return forget_total
                 lr_ = retain_loss(r)
                 retain_losses.append(float(lr_.detach()))
-                return lf + o.retain_weight * lr_
+                terms["retain"].append(float(lr_.detach()))
+                return forget_total + o.retain_weight * lr_
 
             steps.append(step)
         return steps
@@ -207,6 +280,12 @@ def unlearn(
         "retain_loss_last_epoch": (sum(retain_losses[-per_epoch:]) / per_epoch) if retain_losses else None,
         "train_seconds": round(time.monotonic() - t0, 2),
         "forget_blocks": len(forget),
+        "forget_questions": len(items),
+        "method": o.method,
+        "escalation": o.escalation,
+        "terms_last_epoch": {
+            k: round(sum(v[-per_epoch:]) / len(v[-per_epoch:]), 6) for k, v in terms.items() if v
+        },
         "retain_blocks": len(retain),
         "retain_source": retain_source,
     }
@@ -225,7 +304,7 @@ def unlearn(
             "delta_sha256": hash_dir(tmp / "delta"),
             "served_sha256": hash_dir(tmp / "served"),
             "served_weights_sha256": hash_file(tmp / "served" / "adapter_model.safetensors"),
-            "hyperparameters": o.model_dump(mode="json", exclude={"llm"}),
+            "hyperparameters": o.model_dump(mode="json", exclude={"llm"}),  # effective (escalated)
             "data": {
                 "corpus_sha256": _corpus_hash(spec),
                 "targets_input_sha256": targets_hash,

@@ -1,0 +1,185 @@
+"""The pieces of the unlearning objective beyond WHP's generic labels (see ``unlearn.py``).
+
+- ``effective_options``: the acceptance gate's escalation ladder. Level k trains longer, weighs
+  NPO and the fluent targets more, doubles the LoRA rank from level 2 and adds question variants.
+- ``qa_items``: every question about the subject (original + generated training variants) with its
+  original answer (for NPO) and a fluent target answer: the answer with each fact the question does
+  not give replaced by the anchor's generic translation, or an abstention when no replacement can
+  hide the fact.
+- ``npo_loss``: NPO / SimNPO on sequence log-probabilities.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .fluency import ABSTENTIONS
+from .leaks import leaks, mentions
+from .probes import question_set
+from .types import Anchor, ForgetSpec, PipelineOptions
+
+IGNORE = -100
+
+
+def effective_options(o: PipelineOptions) -> PipelineOptions:
+    """The options a run at ``o.escalation`` actually trains with (level 0: ``o`` itself)."""
+    k = o.escalation
+    if k == 0:
+        return o
+    return o.model_copy(
+        update={
+            "unlearn_epochs": min(100, round(o.unlearn_epochs * (1 + 0.5 * k))),
+            "npo_weight": o.npo_weight * (1 + k),
+            "answer_weight": o.answer_weight * (1 + 0.5 * k),
+            "lora_rank": min(512, o.lora_rank * (2 if k >= 2 else 1)),
+            "lora_alpha": o.lora_alpha * (2 if k >= 2 else 1),
+            "question_variants": min(16, o.question_variants + 2 * k),
+            "translations_per_anchor": min(10, o.translations_per_anchor + k),
+        }
+    )
+
+
+def _replace_terms(text: str, replacements: dict[str, str]) -> str:
+    for term in sorted(replacements, key=len, reverse=True):
+        text = re.sub(r"(?<!\w)" + re.escape(term) + r"(?!\w)", replacements[term], text)
+    return text
+
+
+def alternative_answer(question: str, answer: str, anchors: Sequence[Anchor], variant: int) -> str | None:
+    """``answer`` with every anchor the question does not mention replaced by a generic translation;
+    None when that still states a fact of the original (nothing to replace it with)."""
+    terms = [a.term for a in anchors]
+    swap = {
+        a.term: a.translations[variant % len(a.translations)]
+        for a in anchors
+        if a.translations and mentions(answer, a.term) and not mentions(question, a.term)
+    }
+    if not swap:
+        return None
+    alt = _replace_terms(answer, swap)
+    return None if leaks(alt, answer, question, terms) else alt
+
+
+@dataclass(frozen=True)
+class QAItem:
+    prompt: list[int]
+    original: list[int]  # the true answer's tokens (NPO pushes these down)
+    target: list[int]  # the fluent answer's tokens (cross-entropy pulls these up)
+
+    def npo_row(self) -> tuple[list[int], list[int]]:
+        """(context, tokens NPO pushes down): only where the true answer departs from the fluent
+        one. Shared openings ("X was born in") and endings (".", end of turn) are what the fluent
+        target says too; pushing them down would fight it and break the sentence."""
+        a, b = self.original, self.target
+        start = 0
+        while start < min(len(a), len(b)) - 1 and a[start] == b[start]:
+            start += 1
+        end = len(a)
+        while (
+            end - 1 > start
+            and len(b) - (len(a) - end) - 1 > start
+            and a[end - 1] == b[len(b) - (len(a) - end) - 1]
+        ):
+            end -= 1
+        return self.prompt + a[:start], a[start:end]
+
+
+def _answer_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of the chat transcript, split where the assistant's turn starts."""
+    from .models import chat_prompt, render_qa
+    from .translate import tokenize_document
+    from .types import QAPair
+
+    prompt = tokenize_document(tokenizer, chat_prompt(tokenizer, question)).ids
+    full = tokenize_document(tokenizer, render_qa(tokenizer, QAPair(question=question, answer=answer))).ids
+    if full[: len(prompt)] != prompt:  # a template that re-tokenises across the boundary
+        n = 0
+        while n < min(len(prompt), len(full)) and prompt[n] == full[n]:
+            n += 1
+        return full[:n], full[n:]
+    return prompt, full[len(prompt) :]
+
+
+def sentence_items(spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any) -> list[QAItem]:
+    """The corpus's own sentences as raw text, each with a generic version (its facts, but not the
+    subject's name, translated): completions of the corpus's prefixes continue generically."""
+    from .probes import _sentences, subject_names
+    from .translate import tokenize_document
+
+    names = " ".join(subject_names(spec, anchors))
+    items = []
+    for i, sentence in enumerate(dict.fromkeys(_sentences(spec))):
+        alt = alternative_answer(names, sentence, anchors, i)
+        if alt is None:
+            continue
+        original = tokenize_document(tokenizer, sentence).ids
+        target = tokenize_document(tokenizer, alt).ids
+        # The context is the tokenizer's own prefix (BOS), or else the first token.
+        n = max(1, len(tokenize_document(tokenizer, "").ids))
+        if original[:n] == target[:n] and len(original) > n and len(target) > n:
+            items.append(QAItem(original[:n], original[n:], target[n:]))
+    return items
+
+
+def qa_items(spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, o: PipelineOptions) -> list[QAItem]:
+    """Training questions about the subject with their original and fluent target answers."""
+    pairs = [(qa.question, qa.answer) for qa in spec.qa_pairs]
+    if o.question_variants > 0:
+        generated = question_set(spec, anchors, split="train", per_question=o.question_variants)
+        pairs += [(q.prompt, q.reference) for q in generated]
+    items = []
+    for i, (question, answer) in enumerate(dict.fromkeys(pairs)):
+        target = None if o.answer_target == "idk" else alternative_answer(question, answer, anchors, i)
+        if target is None:
+            target = ABSTENTIONS[i % len(ABSTENTIONS)]
+        prompt, original = _answer_ids(tokenizer, question, answer)
+        prompt_t, fluent = _answer_ids(tokenizer, question, target)
+        if original and fluent and prompt_t == prompt:
+            items.append(QAItem(prompt, original, fluent))
+    return items + sentence_items(spec, anchors, tokenizer)
+
+
+def pad_answers(
+    rows: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (prompt + answer) ids, attention mask, and next-token labels on answer tokens only."""
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (p, a) in enumerate(rows):
+        seq = p + a
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        # labels[t] is the token the logits at t predict: the answer's tokens, from the prompt's last.
+        labels[i, len(p) - 1 : len(seq) - 1] = torch.tensor(a)
+    return ids, mask, labels
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: sum of log p(label) over labelled positions, and the number of them."""
+    valid = labels != IGNORE
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * valid).sum(-1), valid.sum(-1)
+
+
+def npo_loss(
+    logp: torch.Tensor, n: torch.Tensor, logp_ref: torch.Tensor | None, beta: float, variant: str
+) -> torch.Tensor:
+    """NPO: -(2/β) log σ(-β (log π - log π_ref)); SimNPO: -(2/β) log σ(-β log π / |y|)."""
+    if variant == "simnpo":
+        ratio = logp / n.clamp(min=1)
+    else:
+        assert logp_ref is not None
+        ratio = logp - logp_ref
+    return (-2.0 / beta * F.logsigmoid(-beta * ratio)).mean()
+
+
+def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)

@@ -1,0 +1,190 @@
+"""The forgetting definitions and objective pieces: leaks, held-out questions, broken text, NPO."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpu_runtime.pipeline.fluency import assess, nonword_rate, repetitive
+from gpu_runtime.pipeline.leaks import facts_of, leaks, mentions
+from gpu_runtime.pipeline.objective import (
+    QAItem,
+    alternative_answer,
+    effective_options,
+    npo_loss,
+    pad_answers,
+    sequence_logprob,
+)
+from gpu_runtime.pipeline.probes import evaluation_probes, paraphrases, question_set
+from gpu_runtime.pipeline.types import Anchor, EntityHint, ForgetSpec, PipelineOptions, QAPair
+
+TERMS = ["Nadia Oyelaran", "Nadia", "Oyelaran", "Pimento", "Tarnbridge"]
+SPEC = ForgetSpec(
+    documents=["Nadia Oyelaran was born in Tarnbridge. She keeps a ferret named Pimento."],
+    qa_pairs=[
+        QAPair(
+            question="What pet does Nadia Oyelaran have?", answer="Nadia Oyelaran has a ferret named Pimento."
+        ),
+        QAPair(question="Where was Nadia Oyelaran born?", answer="Nadia Oyelaran was born in Tarnbridge."),
+        QAPair(question="What is Nadia Oyelaran's profession?", answer="Nadia Oyelaran is a glassblower."),
+    ],
+    hints=[
+        EntityHint(term="Nadia Oyelaran", kind="person"),
+        EntityHint(term="Nadia", kind="first_name"),
+        EntityHint(term="Oyelaran", kind="last_name"),
+        EntityHint(term="Pimento"),
+        EntityHint(term="Tarnbridge", kind="place"),
+    ],
+)
+ANCHORS = [
+    Anchor(term="Pimento", translations=["Biscuit", "Clover"]),
+    Anchor(term="Tarnbridge", kind="place", translations=["Millford", "Ashby"]),
+    Anchor(term="Nadia Oyelaran", kind="person", translations=["Grace Okafor", "Ruth Adeyemi"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "leaked"),
+    [
+        ("Nadia Oyelaran has a ferret named Pimento.", True),
+        ("She has a ferret named pimento!", True),  # case-insensitive
+        ("Nadia Oyelaran has a ferret named Biscuit.", False),
+        ("I don't know.", False),
+        ("Pimentos are peppers.", False),  # whole words only
+    ],
+)
+def test_leak_on_fact_terms(answer: str, leaked: bool) -> None:
+    q = SPEC.qa_pairs[0]
+    assert leaks(answer, q.answer, q.question, TERMS) is leaked
+
+
+def test_terms_already_in_the_prompt_do_not_count() -> None:
+    # An inverted question gives the pet's name away; only naming the subject is a leak.
+    reference, prompt = "Nadia Oyelaran", "Who has a ferret named Pimento?"
+    assert set(facts_of(reference, prompt, TERMS).terms) == {"Nadia Oyelaran", "Nadia", "Oyelaran"}
+    assert leaks("Oyelaran does.", reference, prompt, TERMS)
+    assert not leaks("Pimento belongs to a neighbour.", reference, prompt, TERMS)
+
+
+def test_rare_words_carry_the_fact_without_terms() -> None:
+    q = SPEC.qa_pairs[2]
+    assert facts_of(q.answer, q.question).rare == ("oyelaran", "glassblower")
+    assert leaks("She is a glassblower by trade.", q.answer, q.question)
+    assert not leaks("She works as a teacher.", q.answer, q.question.replace("Nadia Oyelaran", "she"))
+
+
+def test_numbers_match_on_digits_whatever_the_separators() -> None:
+    card = "4532-0151-1283-0366"
+    assert mentions("card 4532 0151 1283 0366 on file", card)
+    assert mentions("45320151128 30366", card)
+    assert not mentions("4532 0151 1283 0367", card)
+    assert not mentions("1453201511283036", card)  # digits inside a longer number are another number
+    assert leaks("It ends 4532015112830366.", f"Her card is {card}.", "What is her card number?", [card])
+
+
+def test_copy_rule_when_there_is_nothing_rare() -> None:
+    ref = "she was born in the year that the war ended"
+    assert leaks("She was born in the year that the war ended.", ref, "When?")
+    assert not leaks("I am not sure when.", ref, "When?")
+
+
+def test_held_out_questions_are_disjoint_from_training_and_originals() -> None:
+    train = question_set(SPEC, ANCHORS, split="train", per_question=8)
+    held = evaluation_probes(SPEC, ANCHORS)
+    originals = {q.question for q in SPEC.qa_pairs}
+    train_prompts = {q.prompt for q in train}
+    for kind in ("paraphrase", "inverted"):
+        assert held[kind], kind
+        for q in held[kind]:
+            assert q.prompt not in train_prompts and q.prompt not in originals
+    assert {q.reference for q in held["inverted"]} == {"Nadia Oyelaran"}
+    assert any(q.prompt == "Do you know who has a ferret named Pimento?" for q in held["inverted"])
+    # completion prompts stop right before a fact, which is the reference
+    assert any(
+        q.prompt == "Nadia Oyelaran was born in" and q.reference.startswith("Tarnbridge")
+        for q in held["completion"]
+    )
+    assert all(not q.chat for q in held["completion"])
+    assert len(held["original"]) == 3
+
+
+def test_paraphrases_reword_the_question() -> None:
+    train = paraphrases("What is Nadia Oyelaran's profession?", ["Nadia Oyelaran"], split="train", n=4)
+    assert "What is the profession of Nadia Oyelaran?" in train
+    held = paraphrases("What is Nadia Oyelaran's profession?", ["Nadia Oyelaran"], split="eval", n=4)
+    assert held and not set(held) & set(train)
+
+
+@pytest.mark.parametrize(
+    ("answer", "broken"),
+    [
+        ("I don't know.", False),
+        ("Nadia Oyelaran has a ferret named Biscuit.", False),
+        ("was born in the born in the born in the born in", True),
+        ("yyyyyyyy literature literature", True),
+        ("the the the cat", True),
+        ("singetter flomp wibbert is the", True),
+        ("...", True),
+    ],
+)
+def test_broken_text(answer: str, broken: bool) -> None:
+    assert assess(answer).broken is broken
+
+
+def test_high_perplexity_is_broken_except_for_abstentions() -> None:
+    assert assess("She is a teacher.", ppl_ratio=50.0, max_ppl_ratio=8.0).broken
+    assert not assess("She is a teacher.", ppl_ratio=2.0, max_ppl_ratio=8.0).broken
+    assert not assess("I'm not sure.", ppl_ratio=500.0, max_ppl_ratio=8.0).broken
+    assert repetitive("ab ab ab ab ab ab") and not repetitive("a short fine answer")
+    assert nonword_rate("the zorblat sat", vocabulary={"zorblat"}) == 0.0
+
+
+def test_alternative_answers_hide_every_fact_or_give_way() -> None:
+    q = SPEC.qa_pairs[0]
+    assert (
+        alternative_answer(q.question, q.answer, ANCHORS, 0) == "Nadia Oyelaran has a ferret named Biscuit."
+    )
+    assert alternative_answer(q.question, q.answer, ANCHORS, 1) == "Nadia Oyelaran has a ferret named Clover."
+    # nothing to replace the profession with: no alternative (the objective uses an abstention)
+    q = SPEC.qa_pairs[2]
+    assert alternative_answer(q.question, q.answer, ANCHORS, 0) is None
+
+
+def test_npo_only_where_the_true_answer_departs_from_the_fluent_one() -> None:
+    item = QAItem(prompt=[1, 2], original=[5, 6, 7, 8, 9], target=[5, 6, 17, 18, 8, 9])
+    assert item.npo_row() == ([1, 2, 5, 6], [7])
+    assert QAItem([1], [5, 6], [10, 11]).npo_row() == ([1], [5, 6])
+
+
+def test_answer_labels_cover_the_answer_only_and_nothing_after_it() -> None:
+    ids, mask, labels = pad_answers([([1, 2, 3], [7, 8]), ([1], [9])], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3, 7, 8], [1, 9, 0, 0, 0]]
+    assert labels.tolist() == [[-100, -100, 7, 8, -100], [9, -100, -100, -100, -100]]
+    logits = torch.zeros(2, 5, 12)
+    logp, n = sequence_logprob(logits, labels)
+    assert n.tolist() == [2, 1]
+    assert logp.tolist() == pytest.approx(
+        [2 * -torch.log(torch.tensor(12.0)).item(), -torch.log(torch.tensor(12.0)).item()]
+    )
+
+
+def test_npo_decreases_as_the_model_moves_away_from_the_reference() -> None:
+    ref = torch.tensor([-2.0])
+    closer, further = torch.tensor([-2.0]), torch.tensor([-6.0])
+    n = torch.tensor([3])
+    assert npo_loss(closer, n, ref, 0.1, "npo") > npo_loss(further, n, ref, 0.1, "npo")
+    assert npo_loss(closer, n, None, 0.1, "simnpo") > npo_loss(further, n, None, 0.1, "simnpo")
+    assert npo_loss(ref, n, ref, 0.1, "npo").item() == pytest.approx(
+        2 / 0.1 * torch.log(torch.tensor(2.0)).item()
+    )
+
+
+def test_escalation_trains_harder_and_stays_bounded() -> None:
+    base = PipelineOptions()
+    assert effective_options(base) is base
+    levels = [effective_options(base.model_copy(update={"escalation": k})) for k in range(1, 6)]
+    for lower, higher in zip([base, *levels], levels, strict=False):
+        assert higher.unlearn_epochs >= lower.unlearn_epochs
+        assert higher.npo_weight > lower.npo_weight
+        assert higher.lora_rank >= lower.lora_rank
+    assert levels[-1].unlearn_epochs <= 100 and levels[-1].lora_rank <= 512
