@@ -15,6 +15,9 @@ from service.orchestration.relay import Relay
 
 
 async def start(resources: Resources, stack: AsyncExitStack) -> None:
+    from service.core import access_log
+
+    access_log.install()  # ?subject= and other personal query values never reach the access log
     resources.extras["artifacts"] = store_for(resources.settings)
     resources.extras["signer"] = await asyncio.to_thread(load_signer, resources.settings)
     writer = IntakeWriter(resources.sessionmaker, resources.engine)

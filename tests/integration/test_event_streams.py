@@ -10,53 +10,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.auth.keys import revoke
 from service.settings import Settings, settings_env
 from tests.support.forget import auth, body, make_key
+from tests.support.live import free_port, live_server
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Live:
-    def __init__(self, app: Any, url: str) -> None:
-        self.app = app
-        self.url = url
-
-
-@asynccontextmanager
-async def live_server(settings: Settings) -> AsyncIterator[_Live]:
-    port = _free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "server did not start"
-        await asyncio.sleep(0.05)
-    try:
-        yield _Live(app, f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        server.force_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 async def _queued_request(client: httpx.AsyncClient, key: str) -> str:
@@ -152,7 +120,7 @@ async def test_revoked_key_ends_its_stream(settings: Settings) -> None:
 
 
 def test_serve_stops_promptly_with_an_open_stream(tmp_path: Any, clean_redis: str) -> None:
-    port = _free_port()
+    port = free_port()
     settings = Settings(
         data_dir=tmp_path / "data",
         redis_url=clean_redis,

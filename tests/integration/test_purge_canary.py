@@ -8,6 +8,7 @@ SQLite (and PostgreSQL when configured), the test Redis. The stage runner is the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -29,6 +30,7 @@ from service.orchestration.purge import purge_pass
 from service.orchestration.sweeper import fail, sweep_once
 from service.settings import Settings
 from tests.support.forget import app_client, auth, drive, fake_stage_runner, make_key, resources_of, submit
+from tests.support.logs import captured_logs
 
 CANARY = f"CANARY{uuid.uuid4().hex[:12]}Quillfeather"
 
@@ -131,6 +133,7 @@ async def test_no_canary_survives_the_purge_in_any_terminal_or_parked_state(
     database_url: str, clean_redis: str, tmp_path: Path, caplog: Any
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    stack = contextlib.ExitStack()
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, redis_url=clean_redis)
     settings = settings.model_copy(
         update={
@@ -144,6 +147,7 @@ async def test_no_canary_survives_the_purge_in_any_terminal_or_parked_state(
         }
     )
     async with app_client(settings) as client:
+        logs = stack.enter_context(captured_logs())  # after the app: its logging config drops caplog's
         resources = resources_of(client)
         key = await make_key(client)
         reviewer = await make_key(client, role="reviewer")
@@ -236,9 +240,11 @@ async def test_no_canary_survives_the_purge_in_any_terminal_or_parked_state(
         # The audit chain still verifies after the purge.
         async with resources.sessionmaker() as session:
             assert (await chain.verify(session)).ok
+    stack.close()
     assert _file_hits(settings.data_dir) == []
     assert _redis_hits(settings.redis_url or "") == []
     assert CANARY not in caplog.text
+    assert len(logs.records) > 20 and CANARY not in logs.text
 
 
 async def test_purge_waits_for_a_running_stage_to_stop(settings: Settings) -> None:
