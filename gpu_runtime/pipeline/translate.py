@@ -15,8 +15,8 @@ paper's rules stay available (``PipelineOptions.method == "whp"``):
 - answer only: in QA/chat input, only positions that predict an answer token are labelled;
 - no label after the last token of a document (it predicts nothing);
 - whole values: inside a typed or value anchor (a card number, a date), each inner position is
-  mapped to the translation's token at the same relative index and its true next token is
-  suppressed, so the model given the first digits does not complete the rest;
+  mapped to the translation's token at the same relative index and its true next token (unless a
+  bare separator) is suppressed, so the model given the first digits does not complete the rest;
 - lowering a used translation's first token only when it is a word-initial piece of at least
   ``min_lower_chars`` characters (lowering " H" or " 4" would hit every word starting with it).
 """
@@ -335,11 +335,14 @@ def translate_block(
         n_orig, n_tr = last_pos - first_pos + 1, len(piece_ids)
         if rules.whole_values and anchor.kind in WHOLE_VALUE_KINDS and n_orig > 1:
             # Inner position j (predicting the value's token j+1) stands for the translation's
-            # token at the same relative index, and may not predict the true token.
+            # token at the same relative index, and may not predict the true token, unless that
+            # is a bare separator (" ", "-", "@", "."), which tells nothing about the value.
             for j in range(n_orig - 1):
                 q = t0 + (j * (n_tr - 1)) // (n_orig - 1) if n_tr > 1 else t0
                 mapping[first_pos + j] = q
-                suppressed.append((first_pos + j, original[first_pos + j + 1]))
+                nxt = original[first_pos + j + 1]
+                if any(ch.isalnum() for ch in tokenizer.decode([nxt])):
+                    suppressed.append((first_pos + j, nxt))
         if _lowerable(tokenizer, piece_ids[0], rules.min_lower_chars):
             used.setdefault(piece_ids[0], last_pos)
         t = occ.tok_end

@@ -19,8 +19,17 @@ from gpu_runtime.pipeline.targets import (
     lowering_mask,
 )
 from gpu_runtime.pipeline.testing import SENTENCES, tiny_model, tiny_tokenizer
-from gpu_runtime.pipeline.translate import TranslatedBlock, translate_corpus
-from gpu_runtime.pipeline.types import Anchor
+from gpu_runtime.pipeline.translate import (
+    OURS,
+    PAPER,
+    TranslatedBlock,
+    corpus_label_spans,
+    corpus_texts,
+    find_occurrences,
+    tokenize_document,
+    translate_corpus,
+)
+from gpu_runtime.pipeline.types import Anchor, ForgetSpec, QAPair
 
 
 def test_equation_1_on_hand_computed_logits():
@@ -124,3 +133,120 @@ def test_cancellation_between_batches(setup):
         compute_targets(peft_model, blocks, alpha=5.0, batch_size=2, pad_id=tok.pad_token_id,
                         reporter=Reporter("generate_targets", None, should_cancel))  # fmt: skip
     assert len(calls) == 2
+
+
+# ---------------------------------------------------------------- label rules beyond the paper
+
+CARD = "4111 1111 1111 1111"
+
+
+@pytest.fixture(scope="module")
+def rules_setup():
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=1).double()
+    spec = ForgetSpec(
+        documents=[f"Her card number is {CARD} and it expired on 12 March 1987.", *SENTENCES[:2]],
+        qa_pairs=[
+            QAPair(question="What is Harry's card number?", answer=f"Harry's card number is {CARD}."),
+            QAPair(question="Where does Alice live?", answer="Alice lives in Paris."),
+        ],
+    )
+    anchors = [
+        Anchor(term=CARD, kind="card", translations=["4734 0963 4908 9428", "4272 9685 3028 4323"]),
+        Anchor(term="12 March 1987", kind="date", translations=["19 June 1992"]),
+        Anchor(term="Harry", kind="first_name", translations=["Hermione", "Henry"]),
+        Anchor(term="Paris", kind="value", translations=["Salem"]),
+    ]
+    texts, spans = corpus_texts(spec, tok), corpus_label_spans(spec, tok)
+    ours = translate_corpus(tok, texts, anchors, 128, rules=OURS, label_spans=spans)
+    paper = translate_corpus(tok, texts, anchors, 128, rules=PAPER, label_spans=spans)
+    return tok, base, texts, anchors, ours, paper
+
+
+def test_batched_equals_reference_with_our_rules(rules_setup):
+    import copy
+
+    tok, base, _texts, _anchors, blocks, _paper = rules_setup
+    assert any(b.suppressed for b in blocks) and any(b.unlabelled for b in blocks)
+    peft_model = _reinforced(copy.deepcopy(base))
+    batched = compute_targets(peft_model, blocks, alpha=5.0, batch_size=3, pad_id=tok.pad_token_id)
+    ref = generate_targets_reference(
+        copy.deepcopy(base), copy.deepcopy(peft_model).merge_and_unload(), blocks, alpha=5.0
+    )
+    for a, b in zip(batched, ref, strict=True):
+        assert a.labels == b.labels
+    # alpha = 0 with a suppressed token: no NaN sneaks into the argmax.
+    zero = compute_targets(peft_model, blocks, alpha=0.0, batch_size=3, pad_id=tok.pad_token_id)
+    sup = {(i, p): t for i, b in enumerate(blocks) for p, t in b.suppressed}
+    assert all(zero[i].labels[p] not in (t, IGNORE) for (i, p), t in sup.items())
+
+
+def _card_positions(tok, text: str) -> tuple[int, int]:
+    doc = tokenize_document(tok, text)
+    [occ] = find_occurrences(doc, [Anchor(term=CARD, translations=["x"])])
+    return occ.tok_start, occ.tok_end
+
+
+def test_every_token_of_a_value_but_the_first_is_labelled_away_from_the_truth(rules_setup):
+    import copy
+    import dataclasses
+
+    tok, base, texts, _anchors, ours, paper = rules_setup
+    # A baseline that has memorised the card: given the first digits, it completes the rest.
+    model = copy.deepcopy(base).float().train()
+    ids = torch.tensor([tok(texts[0])["input_ids"]])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    for _ in range(30):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    peft_model = _reinforced(model)
+    t0, t1 = _card_positions(tok, texts[0])
+    assert t1 - t0 > 10
+    inner = [p for p in range(t0, t1 - 1) if tok.decode([ours[0].original_ids[p + 1]]).strip()]
+
+    def labels(blk: TranslatedBlock) -> list[int]:
+        assert blk.doc == 0 and t1 <= len(blk.original_ids)  # the card is in this block
+        # alpha = 0: the baseline's own prediction, the hardest case for forgetting.
+        [tgt] = compute_targets(peft_model, [blk], alpha=0.0, batch_size=1, pad_id=tok.pad_token_id)
+        return tgt.labels
+
+    ours_labels = labels(ours[0])
+    for p in inner:  # position p predicts the value's token p + 1 (a bare space is skipped)
+        assert ours_labels[p] not in (IGNORE, ours[0].original_ids[p + 1])
+    # Without the suppression the memorised digits come back: the test can fail.
+    unsuppressed = labels(dataclasses.replace(ours[0], suppressed=[]))
+    assert any(unsuppressed[p] == ours[0].original_ids[p + 1] for p in inner)
+    # The paper leaves the inner positions untrained.
+    paper_labels = labels(paper[0])
+    assert all(paper_labels[p] == IGNORE for p in inner)
+
+
+def test_no_label_after_the_last_token_and_answer_only(rules_setup):
+    import copy
+
+    tok, base, texts, _anchors, ours, paper = rules_setup
+    peft_model = _reinforced(copy.deepcopy(base))
+    out = compute_targets(peft_model, ours, alpha=5.0, batch_size=4, pad_id=tok.pad_token_id)
+    out_paper = compute_targets(peft_model, paper, alpha=5.0, batch_size=4, pad_id=tok.pad_token_id)
+    last = {}
+    for blk, t, tp in zip(ours, out, out_paper, strict=True):
+        last[blk.doc] = (t, tp)
+    for t, tp in last.values():
+        assert t.labels[-1] == IGNORE and tp.labels[-1] != IGNORE
+    # QA documents: every labelled position predicts a token of the answer, and most answer tokens
+    # are predicted (the first-occurrence rule may drop a repeated anchor).
+    spans = corpus_label_spans(ForgetSpec(qa_pairs=[QAPair(question="q", answer="a")]), tok)
+    assert spans == [[(spans[0][0][0], spans[0][0][1])]]
+    for d in (3, 4):
+        doc = tokenize_document(tok, texts[d])
+        a0 = texts[d].index("assistant:") + len("assistant: ")
+        a1 = texts[d].index("</s>", a0)
+        [(blk, tgt)] = [(b, t) for b, t in zip(ours, out, strict=True) if b.doc == d]  # one block
+        hits = [p + 1 for p, lab in enumerate(tgt.labels) if lab != IGNORE]
+        assert len(hits) >= 5 and blk.original_ids == doc.ids
+        for tpos in hits:
+            s_, e_ = doc.offsets[tpos]
+            assert a0 - 1 <= s_ and e_ <= a1, texts[d][s_:e_]

@@ -6,13 +6,19 @@ import pytest
 
 from gpu_runtime.pipeline.testing import tiny_tokenizer
 from gpu_runtime.pipeline.translate import (
+    OURS,
+    PAPER,
+    corpus_label_spans,
+    corpus_texts,
     encode_piece,
+    find_occurrences,
+    label_rules,
     make_blocks,
     plain_blocks,
     tokenize_document,
     translate_corpus,
 )
-from gpu_runtime.pipeline.types import Anchor
+from gpu_runtime.pipeline.types import Anchor, ForgetSpec, PipelineOptions, QAPair
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +149,79 @@ def test_word_boundaries(tok):
     anchors = [Anchor(term="Ron", translations=["Bob"])]
     [blk] = translate_corpus(tok, ["Ronald met Ron."], anchors, 512)
     assert tok.decode(blk.translated_ids, skip_special_tokens=True) == "Ronald met Bob."
+
+
+# ---------------------------------------------------------------- label rules (forgetting.md, Direction 1-2)
+
+CARD = "4111 1111 1111 1111"
+CARD_TEXT = f"Her card number is {CARD} and it expired."
+
+
+def test_label_rules_follow_the_method():
+    assert label_rules(PipelineOptions(method="whp")) == PAPER
+    assert label_rules(PipelineOptions()) == OURS == label_rules(PipelineOptions(method="npo"))
+    assert OURS.answer_only and not OURS.label_last and OURS.whole_values and OURS.min_lower_chars == 3
+
+
+def test_qa_labels_answer_tokens_only_and_nothing_after_the_last_token(tok):
+    qa = QAPair(question="Where does Alice live?", answer="Alice lives in Paris.")
+    spec = ForgetSpec(documents=["Harry said hello to Ron."], qa_pairs=[qa])
+    texts, spans = corpus_texts(spec, tok), corpus_label_spans(spec, tok)
+    assert texts[1][spans[1][0][0] : spans[1][0][1]] == "Alice lives in Paris."
+    doc_blk, qa_blk = translate_corpus(tok, texts, [], 512, rules=OURS, label_spans=spans)
+    # A plain document: every position is labelled except the final one (it predicts nothing).
+    assert doc_blk.unlabelled == [len(doc_blk.original_ids) - 1]
+    # QA: exactly the positions that predict an answer token; question and template get none.
+    labelled = [p for p in range(len(qa_blk.original_ids)) if p not in qa_blk.unlabelled]
+    assert tok.decode([qa_blk.original_ids[p + 1] for p in labelled]).strip() == "Alice lives in Paris."
+    assert labelled == list(range(labelled[0], labelled[-1] + 1))
+    # The paper's rules label everything.
+    for blk in translate_corpus(tok, texts, [], 512, rules=PAPER, label_spans=spans):
+        assert blk.unlabelled == []
+
+
+def test_no_label_after_the_last_token_only_in_the_last_block(tok):
+    blocks = translate_corpus(tok, ["Harry said hello to Ron. " * 4], [], 8, rules=OURS)
+    assert len(blocks) > 2
+    assert [b.unlabelled for b in blocks[:-1]] == [[]] * (len(blocks) - 1)
+    assert blocks[-1].unlabelled == [len(blocks[-1].original_ids) - 1]
+
+
+def test_lowering_skips_short_first_tokens(tok):
+    # "Harry" at the start of the text translates to "Hermione" with no leading space: its first token
+    # is "H", which starts countless words; " Hermione" and " Hogwarts" are whole word-initial pieces.
+    anchors = [Anchor(term="Ron", translations=["Hogwarts"]), Anchor(term="Harry", translations=["Hermione"])]
+    text = "Harry said hello to Ron. Ron smiled at Harry."
+    [ours] = translate_corpus(tok, [text], anchors, 512, rules=OURS)
+    [paper] = translate_corpus(tok, [text], anchors, 512, rules=PAPER)
+    assert [tok.decode([t]) for _p, t in ours.used_first_tokens] == [" Hogwarts", " Hermione"]
+    assert [tok.decode([t]) for _p, t in paper.used_first_tokens] == ["H", " Hogwarts", " Hermione"]
+    # The short one is gone, the positions of the others are unchanged.
+    assert set(ours.used_first_tokens) < set(paper.used_first_tokens)
+
+
+def test_whole_value_anchor_maps_every_inner_position_and_suppresses_the_true_token(tok):
+    anchors = [Anchor(term=CARD, kind="card", translations=["4734 0963 4908 9428"])]
+    [blk] = translate_corpus(tok, [CARD_TEXT], anchors, 512, rules=OURS)
+    doc = tokenize_document(tok, CARD_TEXT)
+    [occ] = find_occurrences(doc, anchors)
+    inner = range(occ.tok_start, occ.tok_end - 1)  # positions predicting the value's 2nd..last token
+    assert len(inner) > 10
+    assert all(blk.mapping[p] >= 0 for p in inner)
+    mapped = [blk.mapping[p] for p in inner]
+    assert mapped == sorted(mapped)
+    # Same relative index: the fake card has as many tokens as the true one here.
+    assert tok.decode([blk.translated_ids[q + 1] for q in mapped]) == "734 0963 4908 9428"
+    sup = dict(blk.suppressed)
+    for p in inner:
+        nxt = blk.original_ids[p + 1]
+        if tok.decode([nxt]).strip():
+            assert sup[p] == nxt  # every digit token
+        else:
+            assert p not in sup  # a bare separator tells nothing
+    # The paper ignores the inner positions; names are never whole values.
+    [paper] = translate_corpus(tok, [CARD_TEXT], anchors, 512, rules=PAPER)
+    assert all(paper.mapping[p] == -1 for p in inner) and paper.suppressed == []
+    named = [Anchor(term="Harry Potter", kind="person", translations=["Harold Porter"])]
+    [blk2] = translate_corpus(tok, ["Yes, Harry Potter went."], named, 512, rules=OURS)
+    assert blk2.suppressed == [] and blk2.mapping.count(-1) > 0
