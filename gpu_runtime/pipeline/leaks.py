@@ -113,8 +113,14 @@ def facts_of(reference: str, prompt: str, terms: Iterable[str] = ()) -> Facts:
         t for t in sorted(known, key=len, reverse=True) if mentions(reference, t) and not mentions(prompt, t)
     ]
     if found:
-        # A term's parts that are terms themselves ("Bae" of "Minseo Bae") count as the fact too.
-        parts = {p for t in found for p in t.split() if p in known and not mentions(prompt, p)}
+        # A term's parts count as the fact too when they are terms themselves ("Bae" of "Minseo
+        # Bae") or rare words ("Kwon" of "Minjun Kwon", "Violin" of "The Wandering Violin").
+        parts = {
+            p
+            for t in found
+            for p in re.findall(r"[\w'’-]+", t)
+            if p != t and (p in known or is_rare(normalise(p))) and not mentions(prompt, p)
+        }
         return Facts(terms=tuple(dict.fromkeys([*found, *sorted(parts)])), reference=reference)
     in_prompt = set(words(prompt))
     rare = tuple(dict.fromkeys(w for w in words(reference) if w not in in_prompt and is_rare(w)))

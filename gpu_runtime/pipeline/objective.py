@@ -106,16 +106,70 @@ def _answer_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
     return prompt, full[len(prompt) :]
 
 
-def sentence_items(spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any) -> list[QAItem]:
-    """The corpus's own sentences as raw text, each with a generic version (its facts, but not the
-    subject's name, translated): completions of the corpus's prefixes continue generically."""
+@torch.no_grad()
+def generic_sentence(
+    model: Any, tokenizer: Any, sentence: str, facts: Sequence[str], max_words: int = 6
+) -> str | None:
+    """``sentence`` with each fact replaced by what the baseline itself says there when the fact's
+    first token is banned: a replacement in the model's own language ("works as a glassblower"),
+    where a made-up translation would read as broken text. ``model``: the baseline (no adapter)."""
+    from .translate import encode_piece, tokenize_document
+
+    spans = []
+    for term in sorted(set(facts), key=len, reverse=True):
+        for m in re.finditer(r"(?<!\w)" + re.escape(term) + r"(?!\w)", sentence):
+            if m.start() > 0 and not any(m.start() < e and s < m.end() for s, e, _t in spans):
+                spans.append((m.start(), m.end(), term))
+    if not spans:
+        return None
+    dev = next(model.parameters()).device
+    out, pos = "", 0
+    for start, end, term in sorted(spans):
+        out += sentence[pos:start]
+        context = out.rstrip()
+        ids = tokenize_document(tokenizer, context).ids
+        banned = {encode_piece(tokenizer, " " + term)[0], encode_piece(tokenizer, term)[0]}
+        n_words = min(max_words, len(term.split()))
+        gen = model.generate(
+            input_ids=torch.tensor([ids], device=dev),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
+            max_new_tokens=4 * n_words + 4,
+            do_sample=False,
+            bad_words_ids=[[b] for b in banned],
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        text = tokenizer.decode(gen[0, len(ids) :].tolist(), skip_special_tokens=True)
+        words = re.findall(r"[\w'’-]+", text)[:n_words]
+        if not words:
+            return None
+        out = context + (" " if out[len(context) :] else "") + " ".join(words)
+        pos = end
+    return out + sentence[pos:]
+
+
+def sentence_items(
+    spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, baseline: Any = None
+) -> list[QAItem]:
+    """The corpus's own sentences as raw text, each with a generic version in which its facts (but
+    not the subject's name) are replaced: by the baseline's own banned-fact continuation
+    (``generic_sentence``) when ``baseline`` is given, else by the anchors' translations. Completions
+    of the corpus's prefixes then continue generically."""
     from .probes import _sentences, subject_names
     from .translate import tokenize_document
 
-    names = " ".join(subject_names(spec, anchors))
+    names = subject_names(spec, anchors)
+    joined = " ".join(names)
+    terms = [a.term for a in anchors]
     items = []
     for i, sentence in enumerate(dict.fromkeys(_sentences(spec))):
-        alt = alternative_answer(names, sentence, anchors, i)
+        if baseline is not None:
+            facts = [t for t in terms if mentions(sentence, t) and not mentions(joined, t)]
+            alt = generic_sentence(baseline, tokenizer, sentence, facts)
+            if alt is not None and leaks(alt, sentence, joined, terms):
+                alt = None
+        else:
+            alt = alternative_answer(joined, sentence, anchors, i)
         if alt is None:
             continue
         original = tokenize_document(tokenizer, sentence).ids
@@ -127,7 +181,9 @@ def sentence_items(spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any) 
     return items
 
 
-def qa_items(spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, o: PipelineOptions) -> list[QAItem]:
+def qa_items(
+    spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, o: PipelineOptions, baseline: Any = None
+) -> list[QAItem]:
     """Training questions about the subject with their original and fluent target answers."""
     pairs = [(qa.question, qa.answer) for qa in spec.qa_pairs]
     if o.question_variants > 0:
@@ -142,7 +198,7 @@ def qa_items(spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, o: Pip
         prompt_t, fluent = _answer_ids(tokenizer, question, target)
         if original and fluent and prompt_t == prompt:
             items.append(QAItem(prompt, original, fluent))
-    return items + sentence_items(spec, anchors, tokenizer)
+    return items + sentence_items(spec, anchors, tokenizer, baseline)
 
 
 def pad_answers(

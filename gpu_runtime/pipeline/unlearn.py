@@ -107,7 +107,7 @@ def unlearn_input_hash(
     return hash_json(
         {
             "stage": STAGE,
-            "v": 2,
+            "v": 3,
             "targets": targets_hash,
             "anchors": anchors_hash,
             "excluded": excluded,
@@ -170,14 +170,17 @@ def unlearn(
     use_whp = o.method in ("whp", "combined") and o.whp_weight > 0
     use_npo = o.method in ("npo", "combined") and o.npo_weight > 0
     use_answers = o.method == "combined" and o.answer_weight > 0
-    items = qa_items(spec, load_anchors(work).anchors, tokenizer, o) if use_npo or use_answers else []
     npo_blocks: list[list[int]] = []
     if use_npo and not spec.qa_pairs:
         # No questions in the corpus: NPO on the documents themselves.
         npo_blocks = [t.input_ids for t in forget]
+    model = attach_new_lora(load_baseline(base_model_dir, o, deployed_adapter), o)
+    items: list[QAItem] = []
+    if use_npo or use_answers:
+        with model.disable_adapter():
+            items = qa_items(spec, load_anchors(work).anchors, tokenizer, o, baseline=model)
     if not (use_whp and forget) and not items and not npo_blocks:
         raise PipelineError("no forget targets left (all blocks excluded or ignored)", stage=STAGE)
-    model = attach_new_lora(load_baseline(base_model_dir, o, deployed_adapter), o)
     dev = device()
     texts = retain_texts(spec, tokenizer)
     if texts:
@@ -253,7 +256,8 @@ def unlearn(
                 if q is not None and use_answers:
                     parts.append(("answer", o.answer_weight, answer_term(q)))
                 if q is not None and use_npo:
-                    parts.append(("npo", o.npo_weight, npo_term([it.npo_row() for it in q])))
+                    rows = [it.npo_row() if use_answers else (it.prompt, it.original) for it in q]
+                    parts.append(("npo", o.npo_weight, npo_term(rows)))
                 if nblk is not None:
                     parts.append(("npo", o.npo_weight, npo_term([(b[:1], b[1:]) for b in nblk])))
                 forget_total = sum((wt * v for _n, wt, v in parts), torch.zeros((), device=dev))

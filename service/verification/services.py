@@ -32,12 +32,6 @@ def normalize(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
 
-def contains(haystack: str, needle: str) -> bool:
-    """Whole-word containment of normalized ``needle`` in normalized ``haystack``."""
-    n = normalize(needle)
-    return bool(n) and f" {n} " in f" {normalize(haystack)} "
-
-
 @dataclass
 class Case:
     prompt: str
@@ -67,12 +61,16 @@ async def _answer_and_score(engine: Any, target: Target, case: Case, max_tokens:
         raise
     except Exception as exc:
         raise map_engine_error(exc, model=target.public, prompt_param="prompts") from None
-    leaked_anchors = [a for a in case.anchors if contains(result.text, a)]
+    # The evaluation's leak definition (one module for evaluation, verification and the demo).
+    from gpu_runtime.pipeline.leaks import leaks, mentions
+
+    leaked_anchors = [a for a in case.anchors if mentions(result.text, a) and not mentions(case.prompt, a)]
     side: dict[str, Any] = {
         "answer": result.text,
         "finish_reason": result.finish_reason,
         "leaks": {
-            "reference": bool(case.reference) and contains(result.text, case.reference),
+            "reference": bool(case.reference)
+            and leaks(result.text, case.reference, case.prompt, case.anchors),
             "anchors": leaked_anchors,
         },
         "reference_logprob": None,
