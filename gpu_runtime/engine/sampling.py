@@ -6,6 +6,7 @@ independent of temperature and top-p, so they are comparable across requests.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,11 @@ def _sample_row(logits: torch.Tensor, s: RowSampling) -> torch.Tensor:
         drop[..., 0] = False
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    # Checked here, not left to multinomial: on a GPU an invalid distribution is a device-side assert
+    # that poisons the whole process, not an exception this row could fail alone with.
+    total = float(probs.sum())
+    if not math.isfinite(total) or total <= 0.0:
+        raise ValueError(f"sampling: the next-token distribution is not valid (mass {total})")
     return torch.multinomial(probs, 1, generator=s.generator)[0]
 
 

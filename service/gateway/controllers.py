@@ -363,6 +363,8 @@ async def _models(resources: Resources, principal: Principal) -> list[dict[str, 
                 version_id=view.version_id,
                 parent=view.parent_id,
                 fingerprint=fingerprint(view.sha256),
+                # False while this replica cannot load that version (requests answer 503 alias_unavailable).
+                available=serving.fault(alias) is None,
             )
         )
     for row in own_rows:

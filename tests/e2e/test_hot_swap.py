@@ -51,7 +51,14 @@ def _deploy(http: httpx.Client, rid: str) -> dict[str, Any]:
 
 
 def test_hot_swap_under_concurrent_load(gateway_factory: Any, tiny_model: tuple[Path, list[Path]]) -> None:
-    gw: LiveGateway = gateway_factory(engine_adapter_capacity=16, engine_max_batch=8, engine_max_queue=256)
+    # A load test: one tenant makes far more requests than the default per-tenant limits allow.
+    gw: LiveGateway = gateway_factory(
+        engine_adapter_capacity=16,
+        engine_max_batch=8,
+        engine_max_queue=256,
+        gateway_requests_per_minute=1_000_000,
+        gateway_tokens_per_minute=100_000_000,
+    )
     adapters = tiny_model[1]
     key = gw.key("acme", "operator")  # the answers of "base" are part of the expected table
     client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=60)

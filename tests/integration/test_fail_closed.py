@@ -120,6 +120,8 @@ def restarted_fails_closed(
     (replica,) = entry["replicas"]
     assert replica["state"] == "unavailable" and replica["desired_version"] == 1
     assert replica["loaded_version"] is None and replica["error"]["code"] == "hash_mismatch"
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["chat"]["version"] == 1 and models["chat"]["available"] is False
 
     # Several reconcile ticks later: retried (counted), but logged once, not every tick.
     serving = gw.app.state.resources.extras["serving"]
