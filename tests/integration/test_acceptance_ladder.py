@@ -8,8 +8,10 @@ passes on a higher rung goes on to ready.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 
 from service.audit.models import AuditEvent
@@ -18,6 +20,12 @@ from service.review.services import sync_gates
 from service.settings import Settings
 from tests.support.acceptance import LadderRunner
 from tests.support.forget import app_client, auth, drive, make_key, resources_of, submit
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, html[:500]
+    return match.group(1)
 
 
 def _fast(settings: Settings) -> Settings:
@@ -95,6 +103,19 @@ async def test_a_request_that_cannot_pass_stops_at_the_evaluation_review(setting
         assert acceptance["verdict"] == "failed" and acceptance["attempts"] == 3
         assert acceptance["residual_leak_rates"]["original"] == 0.3
         assert "original_leaks 3 > 0" in acceptance["failed"]
+
+        # ... and so does each task page of the review UI.
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=client.app), base_url="https://testserver"
+        ) as web:
+            form = await web.get("/review/login")
+            await web.post("/review/login", data={"api_key": reviewer, "csrf_token": _csrf(form.text)})
+            start = await web.get("/review/next?kind=evaluation")
+            assert start.status_code == 303, start.text
+            page = (await web.get(start.headers["location"].split("?")[0])).text
+        assert "Acceptance gate: failed after 3 attempt(s)" in page
+        assert "original_leaks 3 &gt; 0" in page and "original 0.300" in page
+        assert "needs an admin's override" in page
 
 
 async def test_a_request_that_passes_on_a_higher_rung_becomes_ready(settings: Settings) -> None:
