@@ -27,6 +27,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from .types import AnchorKind
@@ -73,8 +74,12 @@ _ACCOUNT_CTX = re.compile(
 _ACCOUNT_VALUE = re.compile(r"[A-Z]{0,4}\d[\d -]{3,22}\d(?![\w-])|[A-Z]{1,4}-?\d{4,}(?![\w-])")
 _PHONE_CTX = re.compile(
     r"\b(?:phone|telephone|tel|mobile|cell|fax|call(?:ed)?|reach(?:ed)?|dial(?:led)?|text|whatsapp)\b"
-    r"(?:\s+(?:number|no\.?|on|at))?\s*(?:is|was|:|=)?\s*",
+    r"(?:\s+(?:her|him|them|me|us))?(?:\s+(?:number|no\.?|on|at))?\s*(?:is|was|:|=)?\s*",
     re.I,
+)
+# The North American shape ("(634) 832-8098", "001-634-832-8098x123"), valid area code or not.
+_NANP = re.compile(
+    r"(?<![\w+-])(?:\+?1[-. ]?|001-)?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w-])"
 )
 _PHONE_VALUE = re.compile(r"\+?\(?\d[\d ().-]{5,18}\d")
 _HANDLE = re.compile(r"(?<![\w@./])@[A-Za-z0-9_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])?(?![\w@])")
@@ -84,15 +89,31 @@ _USERNAME_CTX = re.compile(
     re.I,
 )
 _USERNAME_VALUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{1,30}[A-Za-z0-9_]")
+_ABBREVIATIONS = {"St", "Rd", "Ave", "Ln", "Blvd", "Dr", "Ct", "Pl", "Sq", "Pkwy", "Hwy", "Cir", "Apt"}
 _STREET_TYPES = (
     "Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Boulevard|Blvd|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
     "Close|Crescent|Square|Sq|Parkway|Pkwy|Highway|Hwy|Row|Mews|Gardens|Circle|Cir|Trail|Alley"
 )
-_ADDRESS = re.compile(
-    r"\b\d{1,5}[A-Za-z]?,? (?:[A-Z][\w'’-]*\.? ){1,4}(?:" + _STREET_TYPES + r")\b\.?"
-    r"(?:,? (?:Apt|Apartment|Unit|Suite|Flat|#)\.? ?[\w-]{1,6}\b)?"
-    r"|\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|gasse|weg|platz|allee) \d{1,4}[a-z]?\b"
-)
+
+
+@cache
+def _street_types() -> str:
+    """Street types: common abbreviations plus the USPS suffixes Faker ships ("Cove", "Ports")."""
+    from faker.providers.address.en_US import Provider
+
+    words = set(_STREET_TYPES.split("|")) | set(Provider.street_suffixes)
+    return "|".join(sorted(words, key=lambda w: (-len(w), w)))
+
+
+@cache
+def _address_re() -> re.Pattern[str]:
+    return re.compile(
+        r"\b\d{1,5}[A-Za-z]?,? (?:[A-Z][\w'’-]*\.? ){1,4}(?:" + _street_types() + r")\b\.?"
+        r"(?:,? (?:Apt|Apartment|Unit|Suite|Flat|#)\.? ?[\w-]{1,6}\b)?"
+        r"|\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|gasse|weg|platz|allee) \d{1,4}[a-z]?\b"
+    )
+
+
 _MONTHS = [calendar.month_name[i] for i in range(1, 13)]
 _MONTHS_ABBR = [calendar.month_abbr[i] for i in range(1, 13)]
 _MONTH_RE = r"(?:" + "|".join(_MONTHS + [m for m in _MONTHS_ABBR if m != "May"]) + r")\.?"
@@ -125,7 +146,7 @@ def _digits(s: str) -> str:
 def _luhn_ok(digits: str) -> bool:
     from stdnum import luhn
 
-    return 13 <= len(digits) <= 19 and luhn.is_valid(digits)
+    return 12 <= len(digits) <= 19 and luhn.is_valid(digits)
 
 
 def _iban_ok(value: str) -> bool:
@@ -174,7 +195,9 @@ def detect(text: str, *, regions: Sequence[str] = PHONE_REGIONS) -> list[Detecti
 
     def add(s: int, e: int, kind: AnchorKind) -> None:
         # Trailing sentence punctuation is not part of a value.
-        while e > s and text[e - 1] in ".,;:!?)'\"" and not (kind == "address" and text[e - 1] == "."):
+        while e > s and text[e - 1] in ".,;:!?)'\"":
+            if kind == "address" and text[e - 1] == "." and text[s : e - 1].split()[-1] in _ABBREVIATIONS:
+                break  # "Ave." keeps its abbreviation dot; "Cape." loses the full stop
             e -= 1
         if e > s and not _overlaps([(a, b) for a, b, _k in spans], s, e):
             spans.append((s, e, kind))
@@ -186,6 +209,8 @@ def detect(text: str, *, regions: Sequence[str] = PHONE_REGIONS) -> list[Detecti
     for m in _IBAN.finditer(text):
         if _iban_ok(m.group()):
             add(m.start(), m.end(), "iban")
+    for m in _NANP.finditer(text):
+        add(m.start(), m.end(), "phone")
     for m in _DIGIT_RUN.finditer(text):
         if _luhn_ok(_digits(m.group())):
             add(m.start(), m.end(), "card")
@@ -209,11 +234,12 @@ def detect(text: str, *, regions: Sequence[str] = PHONE_REGIONS) -> list[Detecti
         v = _USERNAME_VALUE.match(text, ctx.end())
         if v and v.group().lower() not in _STOP_VALUES:
             add(v.start(), v.end(), "handle")
-    for m in _ADDRESS.finditer(text):
+    for m in _address_re().finditer(text):
         add(m.start(), m.end(), "address")
     # Left-over long numbers (six digits or more) are account-like identifiers.
     for m in _DIGIT_RUN.finditer(text):
-        if len(_digits(m.group())) >= 6:
+        # A range ("100-200", "1987 1990") is no identifier.
+        if len(_digits(m.group())) >= 6 and not re.fullmatch(r"\d{1,4}[ -]\d{1,4}", m.group()):
             add(m.start(), m.end(), "account")
     return [Detection(k, s, e, text[s:e]) for s, e, k in sorted(spans)]
 
