@@ -109,6 +109,7 @@ def read_probes_file(path: Path) -> list[dict[str, str]]:
 
 def _print_request(request: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
@@ -127,8 +128,16 @@ def _print_request(request: Any) -> None:
         rows.append(("failure", f"{request.failure.code}: {request.failure.reason}"))
     if request.adapter and request.adapter.deployed_version:
         rows.append(("deployed", request.adapter.deployed_version))
+    acceptance = request.acceptance
+    if acceptance is not None and acceptance.verdict != "pending":
+        line = f"{acceptance.verdict} after {acceptance.attempts} attempt(s)"
+        if acceptance.failed:
+            line += f": {acceptance.failed}"
+        if acceptance.overridden:
+            line += " (deployed by an admin's override)"
+        rows.append(("acceptance", line))
     for key, value in rows:
-        table.add_row(f"[bold]{key}", str(value))
+        table.add_row(f"[bold]{key}", escape(str(value)))
     Console().print(table)
 
 

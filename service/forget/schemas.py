@@ -133,6 +133,18 @@ class AdapterInfo(Struct):
     deployed_version: str | None
 
 
+class AcceptanceOut(Struct):
+    """The acceptance gate on the latest evaluation (details: ``metrics.gate``)."""
+
+    #: pending (not evaluated yet), passed, or failed (never auto-deployed; deploy needs an override).
+    verdict: str
+    thresholds: dict[str, Any]
+    attempts: int
+    escalation: int | None
+    failed: str | None
+    overridden: bool
+
+
 class ForgetRequestOut(Struct):
     id: str
     object: str
@@ -155,6 +167,7 @@ class ForgetRequestOut(Struct):
     links: dict[str, str]
     #: While ``awaiting_review``: review tasks still open at that gate (details: ``links.review``).
     open_review_tasks: int | None = None
+    acceptance: AcceptanceOut | None = None
 
 
 class ForgetRequestList(Struct):

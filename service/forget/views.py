@@ -9,6 +9,7 @@ from service.db.base import utcnow
 from service.forget.lifecycle import STAGE_WEIGHTS, STATUS_GATE, STATUS_STAGE, Status
 from service.forget.models import ForgetRequest
 from service.forget.schemas import (
+    AcceptanceOut,
     AdapterInfo,
     CorpusInfo,
     Due,
@@ -18,6 +19,7 @@ from service.forget.schemas import (
     StageProgress,
     Timings,
 )
+from service.forget.service import acceptance_of, describe_failures
 
 BASE = "/v1/forget-requests"
 
@@ -74,6 +76,22 @@ def due_flags(row: ForgetRequest, now: datetime, due_soon_s: float) -> tuple[boo
     overdue = open_ and row.due_at <= now
     due_soon = open_ and not overdue and row.due_at - now <= timedelta(seconds=due_soon_s)
     return overdue, due_soon
+
+
+def acceptance_out(row: ForgetRequest) -> AcceptanceOut:
+    gate = acceptance_of(row.metrics)
+    passed = gate.get("passed") if gate else None
+    verdict = "pending" if passed is None else ("passed" if passed is True else "failed")
+    return AcceptanceOut(
+        verdict=verdict,
+        thresholds=dict((gate or {}).get("thresholds") or row.options.get("acceptance") or {}),
+        attempts=len((gate or {}).get("attempts") or []),
+        escalation=(gate or {}).get("escalation"),
+        failed=describe_failures(gate) if verdict == "failed" else None,
+        overridden=any(
+            d.get("gate") == "acceptance" and d.get("decision") == "override" for d in row.decisions
+        ),
+    )
 
 
 def to_out(row: ForgetRequest, *, due_soon_s: float) -> ForgetRequestOut:
@@ -139,4 +157,5 @@ def to_out(row: ForgetRequest, *, due_soon_s: float) -> ForgetRequestOut:
         else None,
         adapter=AdapterInfo(sha256=row.adapter_hash, deployed_version=row.deployed_version),
         links=links,
+        acceptance=acceptance_out(row),
     )

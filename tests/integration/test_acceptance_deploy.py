@@ -111,6 +111,11 @@ def test_a_failed_request_needs_an_admins_override_recorded_in_the_certificate(
     assert done.exit_code == 0, done.output
     assert "overridden" in done.output
     assert status(submitter, rid) == "deployed"
+    shown = cli.invoke(
+        requests_group, ["get", rid, "--url", gw.url, "--api-key", gw.key("acme", "submitter")]
+    )
+    words = " ".join(shown.output.split())
+    assert "failed after 2 attempt(s)" in words and "override" in words, shown.output
 
     with Client(gw.url, api_key=gw.key("acme", "submitter")) as sdk:
         certificate = sdk.forget_requests.certificate(rid)  # signature checked

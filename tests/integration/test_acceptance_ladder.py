@@ -51,6 +51,8 @@ async def test_a_request_that_cannot_pass_stops_at_the_evaluation_review(setting
         key = await make_key(client)
         created = await submit(client, key, options={"deploy_policy": "auto", "review_gates": []})
         assert created["options"]["acceptance"]["max_attempts"] == 3  # the defaults in force are stored
+        assert created["acceptance"]["verdict"] == "pending"
+        assert created["acceptance"]["thresholds"]["max_original_leaks"] == 0
 
         state = await drive(client, settings, created["id"], rounds=14, stage_runner=runner)
 
@@ -71,6 +73,9 @@ async def test_a_request_that_cannot_pass_stops_at_the_evaluation_review(setting
         assert gate["residual"]["heldout_leak_rate"] == 5 / 30
         assert gate["thresholds"]["max_heldout_leak_rate"] == 0.02
         assert body["adapter"]["deployed_version"] is None
+        summary = body["acceptance"]
+        assert (summary["verdict"], summary["attempts"], summary["escalation"]) == ("failed", 3, 2)
+        assert "original_leaks 3 > 0" in summary["failed"] and not summary["overridden"]
 
         attempts = await _audit(client, created["id"], "acceptance.attempt")
         assert [(a["escalation"], a["outcome"]) for a in attempts] == [
@@ -127,7 +132,9 @@ async def test_a_request_that_passes_on_a_higher_rung_becomes_ready(settings: Se
         state = await drive(client, settings, created["id"], rounds=12, stage_runner=runner)
         assert state["status"] == "ready"
         assert runner.levels == {"unlearn": [0, 1], "evaluate": [0, 1]}
-        gate = (await client.get(created["url"], headers=auth(key))).json()["metrics"]["gate"]
+        passed = (await client.get(created["url"], headers=auth(key))).json()
+        assert passed["acceptance"]["verdict"] == "passed" and passed["acceptance"]["failed"] is None
+        gate = passed["metrics"]["gate"]
         assert gate["passed"] is True and gate["failures"] == []
         assert [(a["escalation"], a["passed"]) for a in gate["attempts"]] == [(0, False), (1, True)]
         outcomes = [a["outcome"] for a in await _audit(client, created["id"], "acceptance.attempt")]

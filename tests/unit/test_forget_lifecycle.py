@@ -26,6 +26,13 @@ def test_gates_are_entered_only_when_on() -> None:
     assert not can_move("awaiting_anchor_review", "unlearning")
 
 
+def test_a_failed_acceptance_gate_may_retrain_only_from_evaluating() -> None:
+    assert can_move("evaluating", "unlearning")
+    assert can_move("evaluating", "awaiting_evaluation_review")
+    assert not can_move("awaiting_evaluation_review", "unlearning")
+    assert not can_move("ready", "unlearning") and not can_move("deployed", "unlearning")
+
+
 def test_due_date_is_one_calendar_month() -> None:
     assert add_months(datetime(2025, 1, 31, 12, tzinfo=UTC), 1) == datetime(2025, 2, 28, 12, tzinfo=UTC)
     assert add_months(datetime(2024, 1, 31, tzinfo=UTC), 1) == datetime(2024, 2, 29, tzinfo=UTC)

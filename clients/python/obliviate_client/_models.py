@@ -107,6 +107,17 @@ class AdapterInfo(_Model):
     deployed_version: str | None = None
 
 
+class AcceptanceSummary(_Model):
+    """The acceptance gate on a request's latest evaluation (``pending`` until evaluated)."""
+
+    verdict: Literal["pending", "passed", "failed"]
+    thresholds: dict[str, float | int] = Field(default_factory=dict)
+    attempts: int = 0
+    escalation: int | None = None
+    failed: str | None = None
+    overridden: bool = False
+
+
 class ForgetRequest(_Model):
     id: str
     url: str
@@ -124,6 +135,7 @@ class ForgetRequest(_Model):
     failure: Failure | None = None
     adapter: AdapterInfo | None = None
     links: dict[str, str] = Field(default_factory=dict)
+    acceptance: AcceptanceSummary | None = None
 
     @property
     def is_settled(self) -> bool:
