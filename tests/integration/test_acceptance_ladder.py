@@ -9,6 +9,7 @@ passes on a higher rung goes on to ready.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,8 +45,10 @@ async def _audit(client: Any, request_id: str, action: str) -> list[dict[str, An
         return [dict(row.data) for row in rows.all()]
 
 
-async def test_a_request_that_cannot_pass_stops_at_the_evaluation_review(settings: Settings) -> None:
-    settings = _fast(settings)
+async def test_a_request_that_cannot_pass_stops_at_the_evaluation_review(
+    database_url: str, clean_redis: str, tmp_path: Path
+) -> None:
+    settings = _fast(Settings(data_dir=tmp_path / "data", database_url=database_url, redis_url=clean_redis))
     runner = LadderRunner(passes_at=None, report=True)
     async with app_client(settings) as client:
         key = await make_key(client)
