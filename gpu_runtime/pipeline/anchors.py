@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,14 @@ class Translator:
             bank = []
         ranked = sorted(bank, key=lambda c: (-_similarity(term, c), _stable(self.seed, term, c)))
         chosen = ranked[: self.n]
+        if kind == "value" and len(chosen) < self.n:
+            # Bank used up by other values: plain words, even ones another value got, still read
+            # as language; made-up ones don't. Never a word of the corpus, never the term.
+            more = [w.capitalize() if term[:1].isupper() else w for w in namebank.common_words()]
+            more = [c for c in more if c.lower() not in self.value_avoid and c.lower() != term.lower()]
+            more = [c for c in more if c not in chosen]
+            more.sort(key=lambda c: (-_similarity(term, c), _stable(self.seed, term, c)))
+            chosen += more[: self.n - len(chosen)]
         salt = 0
         while len(chosen) < self.n:
             # Bank exhausted or a kind without one (objects, spells): a made-up word of the same shape.
@@ -417,11 +425,17 @@ def value_terms(qa_pairs: Sequence[QAPair], corpus: Sequence[str], *, max_share:
     its texts, and at least 3): those are the corpus's topic, not one of its facts.
     """
     texts = [t.lower() for t in corpus]
+    # Document frequency of single words, counted once (a phrase is counted by search).
+    df: Counter[str] = Counter(w for t in texts for w in set(re.findall(r"[^\W\d_][\w'’-]*", t)))
     found: dict[str, None] = {}
 
     def common(word: str) -> bool:
-        pat = re.compile(r"(?<!\w)" + re.escape(word.lower()) + r"(?!\w)")
-        n = sum(1 for t in texts if pat.search(t))
+        low = word.lower()
+        if " " in low:
+            pat = re.compile(r"(?<!\w)" + re.escape(low) + r"(?!\w)")
+            n = sum(1 for t in texts if pat.search(t))
+        else:
+            n = df[low]
         return n >= 3 and n > max_share * len(texts)
 
     for qa in qa_pairs:

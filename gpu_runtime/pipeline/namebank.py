@@ -71,9 +71,9 @@ FUNCTION_WORDS = frozenset(
 
 @cache
 def common_words() -> tuple[str, ...]:
-    """Plain English words (Faker's en_US word list, offline) for translating attribute values."""
+    """Plain English words for translating attribute values: Faker's en_US word list (offline,
+    curated: a frequency list would bring profanity and slurs along)."""
     from faker.providers.lorem.en_US import Provider
 
-    return tuple(
-        sorted({w.lower() for w in Provider.word_list if w.isalpha() and len(w) >= 3} - FUNCTION_WORDS)
-    )
+    words = {w.lower() for w in Provider.word_list}
+    return tuple(sorted({w for w in words if w.isascii() and w.isalpha() and len(w) >= 3} - FUNCTION_WORDS))
