@@ -224,7 +224,7 @@ def make_blocks(
     blocks: list[Block] = []
     for d, doc in enumerate(docs):
         occs = list(occurrences[d]) if occurrences is not None else []
-        inside = set()
+        inside: set[int] = set()
         for o in occs:
             inside.update(range(o.tok_start + 1, o.tok_end))
         n, start = len(doc.ids), 0
@@ -267,7 +267,7 @@ def _lowerable(tokenizer: PreTrainedTokenizerBase, token: int, min_chars: int) -
     characters ("ĠHar"), not " ", " H" or " 4", which start countless other words."""
     if min_chars <= 0:
         return True
-    core = tokenizer.decode([token]).strip()
+    core = str(tokenizer.decode([token])).strip()
     return len(core) >= min_chars and core[0].isalpha()
 
 
@@ -341,7 +341,7 @@ def translate_block(
                 q = t0 + (j * (n_tr - 1)) // (n_orig - 1) if n_tr > 1 else t0
                 mapping[first_pos + j] = q
                 nxt = original[first_pos + j + 1]
-                if any(ch.isalnum() for ch in tokenizer.decode([nxt])):
+                if any(ch.isalnum() for ch in str(tokenizer.decode([nxt]))):
                     suppressed.append((first_pos + j, nxt))
         if _lowerable(tokenizer, piece_ids[0], rules.min_lower_chars):
             used.setdefault(piece_ids[0], last_pos)
