@@ -448,6 +448,13 @@ class Serving:
                 continue
             if isinstance(metrics, dict) and metrics.get("passed") is False:
                 continue
+            target = (options or {}).get("target_alias")
+            if target not in (None, self.settings.served_alias):
+                # Other aliases are operator-managed: the system does not create or move them on a
+                # tenant's behalf (an operator key deploys such a request by hand).
+                self.auto_refused.add(rid)
+                logger.warning("auto-deploy of %s refused: alias_forbidden (not the served alias)", rid)
+                continue
             try:
                 await deploy(self.resources, rid, principal=None)
                 deployed += 1

@@ -6,6 +6,7 @@ The others run a live gateway on a tiny random Llama.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import time
@@ -232,3 +233,26 @@ def test_operator_role_alone_reaches_base_and_manages_other_aliases(
     special = operator.post("/v1/deployments", json={"request_id": own, "alias": "special"})
     assert special.status_code == 201, special.text
     assert http(gw).post("/v1/deployments", json={"request_id": rid}).status_code == 201
+    # The auto policy does not create a global alias on a tenant's behalf either.
+    auto = gw.ready_request(tiny_model[1][2])
+    asyncio.run(_set_options(gw.settings, auto, {"deploy_policy": "auto", "target_alias": "tenant-made"}))
+    time.sleep(1.5)  # several reconcile ticks (0.2 s)
+    listing = http(gw).get("/v1/deployments").json()
+    assert "tenant-made" not in [d["alias"] for d in listing["data"]]
+    assert http(gw).get(f"/v1/forget-requests/{auto}").json()["status"] == "ready"
+
+
+async def _set_options(settings: Settings, rid: str, options: dict[str, Any]) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from service.db import create_engine
+    from service.forget.models import ForgetRequest
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            row = await session.get(ForgetRequest, rid)
+            assert row is not None
+            row.options = {**row.options, **options}
+    finally:
+        await engine.dispose()
