@@ -292,6 +292,9 @@ def demo(
     from gpu_runtime.demo.build import build_demo_model
     from service.demo import quiet_logging, run_demo
 
+    # SIGTERM unwinds like Ctrl-C: the server thread, the worker and the embedded Redis are stopped
+    # (the default handler would kill this process and orphan them).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     quiet_logging()
 
     settings = _settings_from(None, port=port)
