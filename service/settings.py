@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Tokens (prompt + max completion) one tenant may use per minute on the OpenAI routes.",
     )
+    gateway_max_in_flight_per_tenant: int = Field(
+        default=32,
+        ge=1,
+        description="Completion requests (streams included) one tenant may have in progress on one replica.",
+    )
     # --- forget requests: intake, orchestration, compliance (service/forget, service/orchestration) ---
     idempotency_ttl_s: float = Field(
         default=24 * 3600, ge=24 * 3600, description="How long an Idempotency-Key and its response are kept."

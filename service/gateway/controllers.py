@@ -8,9 +8,10 @@ cancelled and its batch slot frees at the next step.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
@@ -237,12 +238,20 @@ async def _complete(
     want_logprobs = sampling.logprobs
     completion_cap = sampling.max_tokens or int(resources.settings.engine_max_tokens)
     reservation = await limits.reserve_tokens(resources, principal.tenant, len(prompt) + completion_cap)
+    flights = limits.in_flight(resources)
+    try:
+        flights.acquire(principal.tenant, int(resources.settings.gateway_max_in_flight_per_tenant))
+    except BaseException:
+        await reservation.settle(0)
+        raise
     if not body.stream:
         try:
             result, target = await _submit(resources, principal, engine, body, target, prompt, stream=False)
         except BaseException:
             await reservation.settle(0)
             raise
+        finally:
+            flights.release(principal.tenant)
         await reservation.settle(len(prompt) + int(result.usage.completion_tokens))
         build = fmt.chat_completion if chat else fmt.text_completion
         return Response(
@@ -257,6 +266,7 @@ async def _complete(
     try:
         tokens, target = await _submit(resources, principal, engine, body, target, prompt, stream=True)
     except BaseException:
+        flights.release(principal.tenant)
         await reservation.settle(0)
         raise
     writer = fmt.ChunkWriter(
@@ -266,13 +276,20 @@ async def _complete(
         include_usage=body.include_usage,
         want_logprobs=want_logprobs,
     )
+    release = functools.partial(flights.release, principal.tenant)
     return Stream(
-        _events(tokens, writer, reservation, len(prompt)), media_type="text/event-stream", headers=SSE_HEADERS
+        _events(tokens, writer, reservation, len(prompt), release),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
     )
 
 
 async def _events(
-    tokens: Any, writer: fmt.ChunkWriter, reservation: limits.TokenReservation, prompt_tokens: int
+    tokens: Any,
+    writer: fmt.ChunkWriter,
+    reservation: limits.TokenReservation,
+    prompt_tokens: int,
+    release: Callable[[], None],
 ) -> AsyncIterator[bytes]:
     generated = 0
     try:
@@ -298,6 +315,7 @@ async def _events(
             error_body("The model failed while streaming this response", "server_error", "engine_error")
         )
     finally:
+        release()
         await tokens.aclose()
         await reservation.settle(prompt_tokens + generated)
 

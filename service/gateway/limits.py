@@ -1,11 +1,15 @@
-"""Per-tenant limits on the OpenAI-compatible routes: requests and tokens per minute, across replicas.
+"""Per-tenant limits on the OpenAI-compatible routes: requests and tokens per minute, across replicas,
+and requests in flight on this replica.
 
 One tenant must not take the shared model from the others. Each tenant has a budget of requests and of
 tokens (prompt tokens plus the completion tokens it may generate) per clock minute, counted in Redis so
 every replica shares it. A request over budget answers 429 with ``Retry-After`` (the seconds to the next
 window) in the OpenAI envelope. Tokens a request reserved but did not generate are given back.
 
-Redis down: the limits are skipped (logged once per outage) rather than refusing every request; the
+Requests in flight (queued or generating, streams included) are capped per tenant on each replica, so
+one tenant cannot fill the engine's shared queue and batch slots by itself.
+
+Redis down: the per-minute limits are skipped (logged once per outage) rather than refusing every request; the
 bounded engine queue still protects the model.
 """
 
@@ -115,3 +119,35 @@ async def reserve_tokens(resources: Resources, tenant: str, tokens: int) -> Toke
             code="tokens_exceeded",
         )
     return TokenReservation(resources, key, tokens, active=taken is True)
+
+
+class InFlight:
+    """Requests each tenant has in flight on this replica (the event loop is the only writer)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def acquire(self, tenant: str, limit: int) -> None:
+        current = self.counts.get(tenant, 0)
+        if current >= limit:
+            raise RateLimited(
+                f"Your organization already has {current} requests in progress on this server (at most "
+                f"{limit}); wait for one to finish, then retry.",
+                retry_after=1.0,
+                code="too_many_concurrent_requests",
+            )
+        self.counts[tenant] = current + 1
+
+    def release(self, tenant: str) -> None:
+        left = self.counts.get(tenant, 0) - 1
+        if left > 0:
+            self.counts[tenant] = left
+        else:
+            self.counts.pop(tenant, None)
+
+
+def in_flight(resources: Resources) -> InFlight:
+    tracker = resources.extras.get("gateway_in_flight")
+    if not isinstance(tracker, InFlight):
+        tracker = resources.extras["gateway_in_flight"] = InFlight()
+    return tracker

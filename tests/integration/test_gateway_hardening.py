@@ -256,3 +256,28 @@ async def _set_options(settings: Settings, rid: str, options: dict[str, Any]) ->
             row.options = {**row.options, **options}
     finally:
         await engine.dispose()
+
+
+@pytest.mark.timeout(240)
+def test_requests_in_flight_are_capped_per_tenant(gateway_factory: Any) -> None:
+    gw: LiveGateway = gateway_factory(engine_max_batch=1, gateway_max_in_flight_per_tenant=2)
+    acme, globex = http(gw), http(gw, "globex")
+    long = {"model": "chat", "prompt": "Numbers:", "max_tokens": 400, "temperature": 0, "stream": True}
+    short = {"model": "chat", "prompt": "Numbers:", "max_tokens": 2, "temperature": 0}
+    with (
+        acme.stream("POST", "/v1/completions", json=long) as one,
+        acme.stream("POST", "/v1/completions", json=long) as two,
+    ):
+        assert one.status_code == 200 and two.status_code == 200
+        third = acme.post("/v1/completions", json=short)
+        assert third.status_code == 429, third.text
+        assert third.json()["error"]["code"] == "too_many_concurrent_requests"
+        assert third.headers["retry-after"] == "1"
+        # Another tenant is not affected by acme's streams.
+        assert globex.post("/v1/completions", json=short).status_code == 200
+        for response in (one, two):
+            for _ in response.iter_bytes():
+                pass
+    # Finished streams give their slots back.
+    assert acme.post("/v1/completions", json=short).status_code == 200
+    assert acme.post("/v1/completions", json=short).status_code == 200
