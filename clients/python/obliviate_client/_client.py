@@ -89,8 +89,13 @@ class Client(_Base):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         http_client: httpx.Client | None = None,
+        certificate_key: str | bytes | None = None,
+        certificate_key_id: str | None = None,
     ) -> None:
         super().__init__(base_url, api_key, max_retries)
+        # Pins for certificates (see ForgetRequests.certificate): the signing key, or its id.
+        self.certificate_key = certificate_key
+        self.certificate_key_id = certificate_key_id
         self._explicit_base = base_url is not None
         self._injected = http_client is not None
         self._http = http_client or httpx.Client(timeout=timeout)
@@ -143,8 +148,13 @@ class AsyncClient(_Base):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         http_client: httpx.AsyncClient | None = None,
+        certificate_key: str | bytes | None = None,
+        certificate_key_id: str | None = None,
     ) -> None:
         super().__init__(base_url, api_key, max_retries)
+        # Pins for certificates (see ForgetRequests.certificate): the signing key, or its id.
+        self.certificate_key = certificate_key
+        self.certificate_key_id = certificate_key_id
         self._explicit_base = base_url is not None
         self._injected = http_client is not None
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
@@ -268,14 +278,32 @@ class ForgetRequests:
             self._client.json(r.Call("GET", r.request_path(request_id, "/audit")))
         )
 
-    def certificate(self, request_id: str, *, verify: bool = True) -> Certificate:
-        """The signed certificate; with ``verify`` (default) its Ed25519 signature is checked locally."""
+    def certificate(
+        self,
+        request_id: str,
+        *,
+        verify: bool = True,
+        pinned_key: str | bytes | None = None,
+        pinned_key_id: str | None = None,
+    ) -> Certificate:
+        """The signed certificate; with ``verify`` (default) its Ed25519 signature is checked locally.
+
+        Pin the signer with ``pinned_key`` (raw, base64 or PEM public key; the server's key is then not
+        asked for) or ``pinned_key_id``; the client's ``certificate_key``/``certificate_key_id`` are the
+        defaults. Without a pin, the server's current key is used.
+        """
         cert = Certificate.model_validate(
             self._client.json(r.Call("GET", r.request_path(request_id, "/certificate")))
         )
         if verify:
-            key = PublicKey.model_validate(self._client.json(r.Call("GET", r.PUBLIC_KEY)))
-            r.verify_certificate(cert, key)
+            pin = pinned_key if pinned_key is not None else self._client.certificate_key
+            pin_id = pinned_key_id if pinned_key_id is not None else self._client.certificate_key_id
+            key = (
+                None
+                if pin is not None
+                else PublicKey.model_validate(self._client.json(r.Call("GET", r.PUBLIC_KEY)))
+            )
+            r.verify_certificate(cert, key, pinned_key=pin, pinned_key_id=pin_id)
         return cert
 
     def events(
@@ -425,14 +453,27 @@ class AsyncForgetRequests:
             await self._client.json(r.Call("GET", r.request_path(request_id, "/audit")))
         )
 
-    async def certificate(self, request_id: str, *, verify: bool = True) -> Certificate:
-        """The signed certificate; with ``verify`` (default) its Ed25519 signature is checked locally."""
+    async def certificate(
+        self,
+        request_id: str,
+        *,
+        verify: bool = True,
+        pinned_key: str | bytes | None = None,
+        pinned_key_id: str | None = None,
+    ) -> Certificate:
+        """The signed certificate, checked as :meth:`ForgetRequests.certificate` does."""
         cert = Certificate.model_validate(
             await self._client.json(r.Call("GET", r.request_path(request_id, "/certificate")))
         )
         if verify:
-            key = PublicKey.model_validate(await self._client.json(r.Call("GET", r.PUBLIC_KEY)))
-            r.verify_certificate(cert, key)
+            pin = pinned_key if pinned_key is not None else self._client.certificate_key
+            pin_id = pinned_key_id if pinned_key_id is not None else self._client.certificate_key_id
+            key = (
+                None
+                if pin is not None
+                else PublicKey.model_validate(await self._client.json(r.Call("GET", r.PUBLIC_KEY)))
+            )
+            r.verify_certificate(cert, key, pinned_key=pin, pinned_key_id=pin_id)
         return cert
 
     async def events(

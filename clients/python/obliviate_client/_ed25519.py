@@ -1,7 +1,11 @@
-"""Ed25519 signature verification (RFC 8032) in pure Python, so the SDK needs no crypto dependency.
+"""Ed25519 signature verification (RFC 8032): ``cryptography`` when it is installed, else pure Python.
 
-Verification only, on public data (certificates): constant time does not matter here. It is slow
-by C standards (a few milliseconds), which is plenty for checking a certificate.
+The SDK needs no crypto dependency: the pure-Python path checks certificates on its own (a few
+milliseconds). Both paths first reject public keys and ``R`` values of small order (the eight points
+whose multiple by 8 is the neutral element): with such a key, a crafted signature verifies for any
+message, so a server that hands out such a "key" could make any certificate look signed.
+
+Verification only, on public data (certificates): constant time does not matter here.
 """
 
 from __future__ import annotations
@@ -79,13 +83,46 @@ assert _BASE_X is not None
 _BASE: _Point = (_BASE_X, _BASE_Y, 1, _BASE_X * _BASE_Y % _P)
 
 
+_NEUTRAL = _encode((0, 1, 1, 0))
+
+
+def _small_order(point: _Point) -> bool:
+    return _encode(_multiply(8, point)) == _NEUTRAL
+
+
+def weak_key(public_key: bytes) -> bool:
+    """Whether ``public_key`` is not a usable Ed25519 key (malformed, or of small order)."""
+    point = _decompress(public_key)
+    return point is None or _small_order(point)
+
+
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` is a valid Ed25519 signature of ``message`` under ``public_key``."""
     if len(public_key) != 32 or len(signature) != 64:
         return False
     a = _decompress(public_key)
     r = _decompress(signature[:32])
-    if a is None or r is None:
+    if a is None or r is None or _small_order(a) or _small_order(r):
+        return False
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:
+        return verify_pure(public_key, message, signature)
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify_pure(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """:func:`verify` without ``cryptography`` (RFC 8032, cofactorless; small-order points rejected)."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    a = _decompress(public_key)
+    r = _decompress(signature[:32])
+    if a is None or r is None or _small_order(a) or _small_order(r):
         return False
     s = int.from_bytes(signature[32:], "little")
     if s >= _L:

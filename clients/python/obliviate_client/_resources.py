@@ -7,6 +7,7 @@ twins cannot drift apart in what they ask of the server.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -184,20 +185,71 @@ def check_wait_until(until: str) -> None:
         raise ValueError("until must be 'settled', 'gate' or 'deployed'")
 
 
-def verify_certificate(certificate: Certificate, public_key: PublicKey) -> Certificate:
-    """Check the Ed25519 signature over the canonical JSON of ``certificate.certificate``."""
-    if public_key.algorithm != "Ed25519" or certificate.algorithm != "Ed25519":
+def key_id_of(raw_public_key: bytes) -> str:
+    """The key id the service gives a public key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(raw_public_key).hexdigest()[:16]
+
+
+def decode_public_key(value: str | bytes) -> bytes:
+    """A raw 32-byte Ed25519 public key from raw bytes, base64 of them, or a PEM SubjectPublicKeyInfo."""
+    if isinstance(value, bytes) and len(value) == 32:
+        raw = value
+    else:
+        text = value.decode("ascii") if isinstance(value, bytes) else value
+        text = text.strip()
+        try:
+            if text.startswith("-----BEGIN PUBLIC KEY-----"):
+                body = "".join(line for line in text.splitlines() if not line.startswith("-----"))
+                der = base64.b64decode(body, validate=True)
+                # Ed25519 SubjectPublicKeyInfo: a fixed 12-byte prefix, then the 32-byte key.
+                if len(der) != 44 or der[:12] != bytes.fromhex("302a300506032b6570032100"):
+                    raise SignatureError("the pinned PEM key is not an Ed25519 public key")
+                raw = der[12:]
+            else:
+                raw = base64.b64decode(text, validate=True)
+        except ValueError as exc:
+            raise SignatureError("the public key is not valid base64 or PEM") from exc
+    if len(raw) != 32:
+        raise SignatureError("an Ed25519 public key has 32 bytes")
+    if _ed25519.weak_key(raw):
+        raise SignatureError("the public key is malformed or of small order; it cannot vouch for anything")
+    return raw
+
+
+def verify_certificate(
+    certificate: Certificate,
+    public_key: PublicKey | None,
+    *,
+    pinned_key: str | bytes | None = None,
+    pinned_key_id: str | None = None,
+) -> Certificate:
+    """Check the Ed25519 signature over the canonical JSON of ``certificate.certificate``.
+
+    Without a pin, the key is the one the server serves (which proves the certificate was not
+    altered, not who signed it). ``pinned_key`` (raw, base64 or PEM) checks against that key alone,
+    whatever the server serves; ``pinned_key_id`` requires the server's key to have that id (computed
+    from the key, not taken from the server's word).
+    """
+    if certificate.algorithm != "Ed25519" or (public_key is not None and public_key.algorithm != "Ed25519"):
         raise SignatureError(f"unsupported signature algorithm {certificate.algorithm!r}")
-    if certificate.key_id != public_key.key_id:
-        raise SignatureError(
-            f"certificate signed by key {certificate.key_id!r}, server key is {public_key.key_id!r}"
-        )
+    if pinned_key is not None:
+        key = decode_public_key(pinned_key)
+    elif public_key is not None:
+        key = decode_public_key(public_key.public_key)
+        if key_id_of(key) != public_key.key_id:
+            raise SignatureError("the server's key id does not match its public key")
+    else:
+        raise SignatureError("no public key to verify with")
+    key_id = key_id_of(key)
+    if pinned_key_id is not None and key_id != pinned_key_id:
+        raise SignatureError(f"the signing key is {key_id!r}, not the pinned key {pinned_key_id!r}")
+    if certificate.key_id != key_id:
+        raise SignatureError(f"certificate signed by key {certificate.key_id!r}, expected key {key_id!r}")
     message = json.dumps(certificate.certificate, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     try:
         signature = base64.b64decode(certificate.signature, validate=True)
-        key = base64.b64decode(public_key.public_key, validate=True)
     except ValueError as exc:
-        raise SignatureError("signature or public key is not valid base64") from exc
+        raise SignatureError("the signature is not valid base64") from exc
     if not _ed25519.verify(key, message.encode("utf-8"), signature):
         raise SignatureError("certificate signature does not verify: the certificate was altered or forged")
     return certificate
