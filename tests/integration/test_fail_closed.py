@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from service.deployments.storage import dir_hash
@@ -102,6 +103,11 @@ def restarted_fails_closed(
     streamed = client.post("/v1/chat/completions", json={"model": "chat", "stream": True, **CHAT})
     assert streamed.status_code == 503
     assert client.post("/v1/completions", json={"model": "chat", "prompt": "Ada"}).status_code == 503
+    # The official client sees a server error with the code (and would retry after Retry-After).
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key("acme", "admin"), max_retries=0) as official:
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            official.chat.completions.create(model="chat", messages=CHAT["messages"], max_tokens=4)
+        assert unavailable.value.status_code == 503 and unavailable.value.code == "alias_unavailable"
     # The engine itself no longer has the alias (nothing can reach the base model through it).
     assert "chat" not in gw.engine.aliases()
     # The operator can still reach the base model explicitly (that is what it is for).
