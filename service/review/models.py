@@ -89,3 +89,17 @@ class ReviewAssignment(Base):
     answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     #: For control tasks: whether the answer matched the known one.
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class ReviewSessionEpoch(Base):
+    """Sign-out on the server: a session cookie is valid only while it carries its key's current epoch.
+
+    Signing out bumps the epoch, so a copied or stolen cookie stops working at once (the cookie is
+    signed and stateless otherwise; clearing it in the browser alone ends nothing).
+    """
+
+    __tablename__ = "review_session_epochs"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

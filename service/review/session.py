@@ -3,7 +3,8 @@
 A reviewer signs in with an API key once; the cookie then carries the key's *id* (never the key),
 tenant, role, expiry and a CSRF token, signed with HMAC-SHA256 under a secret kept in the data
 directory (created on first start, mode 0600). Every request re-checks that the key is still active,
-so revoking a key ends its sessions. The cookie is HttpOnly, SameSite=Strict and Secure; form posts
+so revoking a key ends its sessions, and that the cookie carries the key's current sign-out epoch, so
+signing out ends the session on the server too (a copied cookie stops working). The cookie is HttpOnly, SameSite=Strict and Secure; form posts
 carry the CSRF token, compared in constant time.
 """
 
@@ -86,6 +87,8 @@ class ReviewSession:
     principal: Principal
     csrf: str
     expires: float
+    #: The key's sign-out epoch when the session began; signing out bumps it (server side).
+    epoch: int = 0
 
     def encode(self, secret: bytes) -> str:
         return sign(
@@ -96,12 +99,15 @@ class ReviewSession:
                 "r": self.principal.role.value,
                 "c": self.csrf,
                 "e": int(self.expires),
+                "n": self.epoch,
             },
         )
 
 
-def new_session(principal: Principal, ttl_s: float) -> ReviewSession:
-    return ReviewSession(principal=principal, csrf=secrets.token_urlsafe(24), expires=time.time() + ttl_s)
+def new_session(principal: Principal, ttl_s: float, epoch: int = 0) -> ReviewSession:
+    return ReviewSession(
+        principal=principal, csrf=secrets.token_urlsafe(24), expires=time.time() + ttl_s, epoch=epoch
+    )
 
 
 def decode_session(secret: bytes, token: str | None) -> ReviewSession | None:
@@ -115,11 +121,12 @@ def decode_session(secret: bytes, token: str | None) -> ReviewSession | None:
         expires = float(data["e"])  # type: ignore[arg-type]
         principal = Principal(tenant=str(data["t"]), role=Role(str(data["r"])), key_id=str(data["k"]))
         csrf = str(data["c"])
+        epoch = int(data.get("n", 0))  # type: ignore[call-overload]
     except (KeyError, ValueError, TypeError):
         return None
     if expires < time.time():
         return None
-    return ReviewSession(principal=principal, csrf=csrf, expires=expires)
+    return ReviewSession(principal=principal, csrf=csrf, expires=expires, epoch=epoch)
 
 
 def csrf_ok(expected: str, given: object) -> bool:

@@ -20,15 +20,16 @@ from litestar.response import Redirect, Template
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.auth.keys import Principal, Role, lookup
 from service.auth.models import ApiKey
 from service.core.errors import Conflict, NotFound, ServiceError, Unprocessable
 from service.core.state import Resources
+from service.db.base import utcnow
 from service.review import answers, materials, services
 from service.review.controllers import store_of
-from service.review.models import ReviewTask
+from service.review.models import ReviewSessionEpoch, ReviewTask
 from service.review.session import (
     COOKIE,
     LOGIN_COOKIE,
@@ -106,7 +107,35 @@ async def current_session(request: Request[Any, Any, Any], resources: Resources)
         alive = await db.scalar(
             select(ApiKey.id).where(ApiKey.id == session.principal.key_id, ApiKey.revoked_at.is_(None))
         )
-    return session if alive else None
+        epoch = await _epoch(db, session.principal.key_id) if alive else None
+    return session if alive and epoch == session.epoch else None
+
+
+async def _epoch(db: Any, key_id: str) -> int:
+    value = await db.scalar(select(ReviewSessionEpoch.epoch).where(ReviewSessionEpoch.key_id == key_id))
+    return int(value or 0)
+
+
+async def _end_sessions(resources: Resources, key_id: str) -> None:
+    """Sign-out: bump the key's epoch, so every cookie issued before is refused from now on."""
+    async with resources.sessionmaker() as db:
+        bumped = await db.execute(
+            update(ReviewSessionEpoch)
+            .where(ReviewSessionEpoch.key_id == key_id)
+            .values(epoch=ReviewSessionEpoch.epoch + 1, updated_at=utcnow())
+        )
+        if not bumped.rowcount:  # type: ignore[attr-defined]
+            db.add(ReviewSessionEpoch(key_id=key_id, epoch=1, updated_at=utcnow()))
+        try:
+            await db.commit()
+        except Exception:  # another replica inserted it meanwhile: bump that row
+            await db.rollback()
+            await db.execute(
+                update(ReviewSessionEpoch)
+                .where(ReviewSessionEpoch.key_id == key_id)
+                .values(epoch=ReviewSessionEpoch.epoch + 1, updated_at=utcnow())
+            )
+            await db.commit()
 
 
 def _login_redirect() -> Redirect:
@@ -217,7 +246,9 @@ class ReviewWebController(Controller):
             error = f"This key's role is {principal.role.value}; reviewing needs a reviewer or admin key."
         if error or principal is None:
             return _page("login.html", {"csrf": token, "error": error}, status_code=401)
-        session = new_session(principal, resources.settings.review_session_ttl_s)
+        async with resources.sessionmaker() as db:
+            epoch = await _epoch(db, principal.key_id)
+        session = new_session(principal, resources.settings.review_session_ttl_s, epoch)
         cookie = Cookie(
             key=COOKIE,
             value=session.encode(_secret(resources)),
@@ -236,6 +267,8 @@ class ReviewWebController(Controller):
         form = await request.form()
         if session is not None and not csrf_ok(session.csrf, form.get("csrf_token")):
             return _redirect("/review")
+        if session is not None:
+            await _end_sessions(resources, session.principal.key_id)
         return _redirect(
             "/review/login", cookies=[Cookie(key=COOKIE, value="", path="/review", max_age=0, expires=0)]
         )
