@@ -209,6 +209,8 @@ class Translator:
     def translate(self, term: str, kind: AnchorKind) -> list[str]:
         if kind in pii.TYPED_KINDS:
             return self.replacer.replace(term, kind, self.n)
+        if kind == "value" and term.isdigit():
+            return self.replacer.replace(term, "number", self.n)  # "1987" -> "1979", not a word
         parts = term.split(" ")
         if len(parts) == 1:
             return self.word(term, kind)
@@ -247,6 +249,7 @@ def build_anchors(
     """
     avoid = {w for text in corpus for w in re.findall(r"\b[A-Z]\w+", text)}
     originals = {h.term for h, _s, _sc in candidates if h.kind in pii.TYPED_KINDS}
+    originals |= {n for text in corpus for n in re.findall(r"\d+", text)}  # "1987" never becomes "2001"
     originals |= {d.text for text in corpus for d in pii.detect(text)}
     merged: dict[str, tuple[EntityHint, list[str], float | None]] = {}
     for hint, source, score in candidates:
@@ -417,11 +420,11 @@ def _common_english(word: str) -> bool:
 
 
 def value_terms(qa_pairs: Sequence[QAPair], corpus: Sequence[str], *, max_share: float = 0.5) -> list[str]:
-    """Attribute values stated by QA answers: the answer's words and capitalised phrases that the
-    question does not contain ("Zucchini", "dog", "cardiologist", "The Silent Orchard").
+    """Attribute values stated by QA answers: the answer's words, numbers and capitalised phrases
+    that the question does not contain ("Zucchini", "dog", "cardiologist", "Silent Orchard", "1987").
 
-    Left out: function words, very common English words, numbers and structured values (the
-    typed detectors take those), and words common across the corpus (in more than ``max_share`` of
+    Left out: function words, very common English words, structured values (the typed detectors
+    take those), and words common across the corpus (in more than ``max_share`` of
     its texts, and at least 3): those are the corpus's topic, not one of its facts.
     """
     texts = [t.lower() for t in corpus]
@@ -443,6 +446,11 @@ def value_terms(qa_pairs: Sequence[QAPair], corpus: Sequence[str], *, max_share:
         answer = qa.answer
         for d in pii.detect(answer):
             answer = answer[: d.start] + " " * (d.end - d.start) + answer[d.end :]
+        # Numbers the question does not hold ("born in 1987"); typed values were blanked above.
+        q_numbers = set(re.findall(r"\d+", qa.question))
+        for num in re.findall(r"(?<![\w.,])\d{2,}(?![\w]|[.,]\d)", answer):
+            if num not in q_numbers:
+                found.setdefault(num, None)
         words = list(re.finditer(r"[^\W\d_][\w'’-]*", answer))
         i = 0
         while i < len(words):
@@ -490,6 +498,7 @@ def value_terms(qa_pairs: Sequence[QAPair], corpus: Sequence[str], *, max_share:
             if (
                 len(low) >= 3
                 and low not in namebank.FUNCTION_WORDS
+                and not (len(low) >= 5 and low.endswith("ed"))  # a past-tense verb ("invented")
                 and _word_key(low) not in q_keys
                 and not _common_english(low)
                 and not common(low)

@@ -65,7 +65,10 @@ FUNCTION_WORDS = frozenset(
     his her their our your my him them us me this that these those there here who whom whose which what
     when where why how all any both each every some such very also just only own same other another
     named called known works worked working lives lived living born died married has had got gets get
-    one two three four five six seven eight nine ten first second third last""".split()
+    one two three four five six seven eight nine ten first second third last per via
+    wrote written made built found founded won sang sung drew drawn became began begun taught led ran
+    gave given took taken wore grew grown held kept left met paid said sold sent spent stood told
+    thought bought brought caught fought""".split()
 )
 
 

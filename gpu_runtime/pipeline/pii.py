@@ -447,7 +447,16 @@ def _date(fk: Faker, original: str) -> str:
     return _shape(fk, original)
 
 
+def _number(fk: Faker, original: str) -> str:
+    """A plain number stated as a fact: a year stays a plausible year, anything else keeps its shape."""
+    if re.fullmatch(r"1[5-9]\d\d|20\d\d", original):
+        year = int(original)
+        return str(year + fk.random.choice([-1, 1]) * fk.random.randint(1, 15))
+    return _shape(fk, original)
+
+
 _MAKERS = {
+    "number": _number,
     "card": _card,
     "iban": _iban,
     "phone": _phone,

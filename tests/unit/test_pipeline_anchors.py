@@ -43,6 +43,28 @@ def test_value_terms_are_what_the_answer_adds_to_the_question():
     assert not {"Minseo", "Bae", "Minseo Bae", "has", "named", "works", "called", "March"} & set(values)
 
 
+def test_value_terms_numbers_and_verbs():
+    qa = [
+        QAPair(question="When was Minseo Bae born?", answer="Minseo Bae was born in 1987."),
+        QAPair(question="How many books did she write in 2001?", answer="In 2001 she wrote 12 books."),
+        QAPair(question="What is Minseo Bae famous for?", answer="Minseo Bae invented the singing doorbell."),
+    ]
+    texts = [q.answer for q in qa]
+    values = value_terms(qa, texts)
+    assert values == ["1987", "12", "singing", "doorbell"]  # not "2001" (asked), "wrote", "invented"
+    anchors = {
+        a.term: a
+        for a in build_anchors(
+            [(EntityHint(term=v, kind="value"), "value", None) for v in values], texts, 2, 0
+        )
+    }
+    # A year stays a plausible year, never one the corpus holds; other numbers keep their shape.
+    assert all(
+        re.fullmatch(r"19\d\d|20\d\d", t) and t not in ("1987", "2001") for t in anchors["1987"].translations
+    )
+    assert all(re.fullmatch(r"\d\d", t) and t != "12" for t in anchors["12"].translations)
+
+
 def test_value_terms_skip_words_common_across_the_corpus():
     qa = [QAPair(question=f"What did she bake on day {i}?", answer=f"She baked bread and {w}.") for i, w in
           enumerate(["scones", "muffins", "bagels", "pretzels"])]  # fmt: skip
