@@ -165,12 +165,47 @@ def target_items(
     return items
 
 
+def _evaluation_items_by_kind(
+    report: dict[str, Any], probes: list[dict[str, Any]], settings: Settings
+) -> list[dict[str, Any]]:
+    """The per-kind report (probe, original, paraphrase, inverted, completion): one task per answer,
+    those the automatic check flagged as leaks or broken text first (the residual leaks a reviewer
+    must see fit in ``review_max_tasks``)."""
+    scores = (report.get("judge") or {}).get("scores", [])
+    items: list[dict[str, Any]] = []
+    position = 0  # the judge grades the after-rows of every kind, in report order
+    for kind, section in (report.get("kinds") or {}).items():
+        after = ((section or {}).get("after") or {}).get("rows", [])
+        before = ((section or {}).get("before") or {}).get("rows", [])
+        for i, row in enumerate(after):
+            own = kind == "probe" and len(after) == len(probes)
+            items.append(
+                {
+                    "probe": i,
+                    "kind": kind,
+                    "prompt": row.get("prompt", ""),
+                    "completion": row.get("completion", ""),
+                    "base_completion": before[i].get("completion", "") if i < len(before) else "",
+                    "reference": str(probes[i].get("reference", "")) if own else "",
+                    "judge_score": scores[position] if position < len(scores) else None,
+                    "leaked_terms": list(row.get("leaked_terms", [])),
+                    "leaked": bool(row.get("leaked")),
+                    "broken": bool(row.get("broken")),
+                }
+            )
+            position += 1
+    items.sort(key=lambda item: (not item["leaked"], not item["broken"]))
+    return items[: settings.review_max_tasks]
+
+
 def evaluation_items(
     store: ArtifactStore, request_id: str, probes: list[dict[str, Any]], settings: Settings
 ) -> list[dict[str, Any]]:
     """One task per forget probe: prompt, the unlearned and the base completion, the judge's grade."""
     work = store.local_dir(request_id, WORK)
     report = _read_json(work / "evaluate" / "report.json")
+    if isinstance(report.get("kinds"), dict):
+        return _evaluation_items_by_kind(report, probes, settings)
     forget = report.get("forget") or {}
     after = (forget.get("after") or {}).get("rows", [])
     before = (forget.get("before") or {}).get("rows", [])

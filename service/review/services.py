@@ -117,9 +117,16 @@ async def open_gate(
         data={"gate": gate, "gate_id": record.id, "tasks": len(items), "overlap": overlap},
     )
     _review_event(session, row.id, gate, open_tasks=len(items), total=len(items))
-    if not items:
+    if not items and not _held_by_acceptance(gate, summary):
         await finalize_gate(session, record, settings, store)
     return record
+
+
+def _held_by_acceptance(gate: str, summary: dict[str, Any]) -> bool:
+    """An evaluation review opened by a failed acceptance gate never approves itself for want of
+    completions to look at: a person decides (approve or reject at the request)."""
+    acceptance = summary.get("acceptance") or {}
+    return gate == Gate.EVALUATION_REVIEW.value and acceptance.get("verdict") != "passed"
 
 
 def evaluation_acceptance(row: ForgetRequest) -> dict[str, Any]:

@@ -124,6 +124,37 @@ async def test_a_request_that_cannot_pass_stops_at_the_evaluation_review(
         assert "Acceptance gate: failed after 3 attempt(s)" in page
         assert "original_leaks 3 &gt; 0" in page and "original 0.300" in page
         assert "needs an admin's override" in page
+        # The answers the automatic check flagged come first: the residual leak, then broken text.
+        tasks = (
+            await client.get(f"/v1/review/tasks?request_id={created['id']}", headers=auth(reviewer))
+        ).json()["data"]
+        assert len(tasks) == 6  # one probe, three corpus questions, two paraphrases
+        assert "original question 2" in page and "the automatic check flags a leak" in page
+
+
+async def test_a_failed_gate_with_nothing_to_show_still_waits_for_a_person(settings: Settings) -> None:
+    settings = _fast(settings)
+    runner = LadderRunner(passes_at=None, report="empty")
+    async with app_client(settings) as client:
+        key = await make_key(client)
+        created = await submit(client, key, options={"acceptance": {"max_attempts": 1}})
+        assert (await drive(client, settings, created["id"], stage_runner=runner))["status"] == (
+            "awaiting_evaluation_review"
+        )
+        await sync_gates(resources_of(client), created["id"])
+        reviewer = await make_key(client, role="reviewer")
+        review = (await client.get(f"/v1/review/requests/{created['id']}", headers=auth(reviewer))).json()
+        (opened,) = review["gates"]
+        # A gate without tasks would approve itself; one opened by a failed acceptance gate does not.
+        assert opened["status"] == "open" and opened["total_tasks"] == 0
+        body = (await client.get(created["url"], headers=auth(key))).json()
+        assert body["status"] == "awaiting_evaluation_review"
+        rejected = await client.post(
+            f"{created['url']}/approve",
+            json={"decision": "reject", "reason": "still leaks"},
+            headers=auth(reviewer),
+        )
+        assert rejected.json()["status"] == "failed"
 
 
 async def test_a_request_that_passes_on_a_higher_rung_becomes_ready(settings: Settings) -> None:

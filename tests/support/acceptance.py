@@ -27,11 +27,13 @@ class LadderRunner:
     (None: never), and every unlearn/evaluate run's escalation level is recorded.
 
     ``adapter``: a real PEFT adapter directory copied as the unlearn stage's output (for tests that
-    deploy it); ``report``: also write a synthetic ``evaluate/report.json`` so the evaluation review
-    gate can open its tasks.
+    deploy it); ``report``: also write a synthetic per-kind ``evaluate/report.json`` (as the evaluate
+    stage does) so the evaluation review gate can open its tasks; ``"empty"``: one with no answers.
     """
 
-    def __init__(self, passes_at: int | None, *, adapter: Path | None = None, report: bool = False) -> None:
+    def __init__(
+        self, passes_at: int | None, *, adapter: Path | None = None, report: bool | str = False
+    ) -> None:
         self.passes_at = passes_at
         self.adapter = adapter
         self.report = report
@@ -56,10 +58,27 @@ class LadderRunner:
             if self.report:
                 folder = inp.work_dir / "evaluate"
                 folder.mkdir(parents=True, exist_ok=True)
-                rows = [
-                    {"prompt": p["prompt"], "completion": "synthetic answer", "leaked_terms": []}
-                    for p in inp.spec.get("probes", [])
-                ]
-                report = {"forget": {"after": {"rows": rows}, "before": {"rows": rows}}}
-                (folder / "report.json").write_text(json.dumps(report), encoding="utf-8")
+                (folder / "report.json").write_text(json.dumps(self._report(inp)), encoding="utf-8")
         return out
+
+    def _report(self, inp: Any) -> dict[str, Any]:
+        if self.report == "empty":
+            return {"kinds": {}}
+
+        def rows(kind: str, n: int, leaked: int = -1, broken: int = -1) -> dict[str, Any]:
+            after = [
+                {"prompt": f"{kind} question {i}", "completion": f"after {i}", "leaked": i == leaked}
+                | {"broken": i == broken}
+                for i in range(n)
+            ]
+            before = [{"prompt": f"{kind} question {i}", "completion": f"before {i}"} for i in range(n)]
+            return {"after": {"rows": after}, "before": {"rows": before}}
+
+        probes = len(inp.spec.get("probes", []))
+        return {
+            "kinds": {
+                "probe": rows("probe", probes),
+                "original": rows("original", 3, leaked=2),
+                "paraphrase": rows("paraphrase", 2, broken=1),
+            }
+        }
