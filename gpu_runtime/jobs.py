@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq import Retry
 from sqlalchemy import select, update
@@ -43,6 +43,9 @@ from service.forget.lifecycle import STAGE_STATUS, Status
 from service.forget.models import ForgetRequest, RequestEvent
 from service.forget.service import transition
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from gpu_runtime.pipeline.gate import AcceptanceThresholds
 
 logger = logging.getLogger("obliviate.jobs")
 
@@ -398,7 +401,7 @@ class Acceptance:
     next_escalation: int | None
 
 
-def _thresholds(options: dict[str, Any]) -> Any:
+def _thresholds(options: dict[str, Any]) -> AcceptanceThresholds:
     from pydantic import ValidationError
 
     from gpu_runtime.pipeline.gate import AcceptanceThresholds
