@@ -104,10 +104,14 @@ class TokenStream(AsyncIterator[TokenEvent]):
             self._h.cancel()
             raise
 
-    async def aclose(self) -> None:
+    def cancel(self) -> None:
+        """Stop the request at the next step boundary (synchronous; safe from a finalizer)."""
         if not self._ended:
             self._h.cancel()
             self._ended = True
+
+    async def aclose(self) -> None:
+        self.cancel()
 
     async def __aenter__(self) -> Self:
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -276,12 +277,29 @@ async def _complete(
         include_usage=body.include_usage,
         want_logprobs=want_logprobs,
     )
-    release = functools.partial(flights.release, principal.tenant)
-    return Stream(
-        _events(tokens, writer, reservation, len(prompt), release),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    release = _Once(functools.partial(flights.release, principal.tenant))
+    events = _events(tokens, writer, reservation, len(prompt), release)
+    # A stream whose body is never iterated (the client left before it started) runs no ``finally``:
+    # when the generator is collected, stop its generation and give the tenant's in-flight slot back.
+    weakref.finalize(events, _abandon, tokens, release)
+    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _abandon(tokens: Any, release: Callable[[], None]) -> None:
+    tokens.cancel()
+    release()
+
+
+class _Once:
+    """Call ``fn`` the first time only."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()
 
 
 async def _events(
