@@ -281,3 +281,31 @@ def test_requests_in_flight_are_capped_per_tenant(gateway_factory: Any) -> None:
     # Finished streams give their slots back.
     assert acme.post("/v1/completions", json=short).status_code == 200
     assert acme.post("/v1/completions", json=short).status_code == 200
+
+
+@pytest.mark.timeout(240)
+def test_clients_that_leave_at_once_give_their_slots_back(gateway_factory: Any) -> None:
+    import json
+    import socket
+
+    gw: LiveGateway = gateway_factory(engine_max_batch=2, gateway_max_in_flight_per_tenant=2)
+    key = gw.key("acme", "admin")
+    body = json.dumps(
+        {"model": "chat", "prompt": "Numbers:", "max_tokens": 400, "temperature": 0, "stream": True}
+    ).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    for _ in range(6):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        time.sleep(0.2)  # the server accepted it and may or may not have started the body
+    tracker = gw.app.state.resources.extras.get("gateway_in_flight")
+    deadline = time.monotonic() + 30
+    while tracker is not None and tracker.counts.get("acme", 0):
+        assert time.monotonic() < deadline, f"slots never came back: {tracker.counts}"
+        time.sleep(0.1)
+    short = {"model": "chat", "prompt": "Numbers:", "max_tokens": 2, "temperature": 0}
+    assert http(gw).post("/v1/completions", json=short).status_code == 200
