@@ -215,15 +215,20 @@ class Translator:
         if len(parts) == 1:
             return self.word(term, kind)
         kinds: list[AnchorKind]
-        if kind in ("person", "first_name", "last_name"):
+        title = any(p.lower() in namebank.FUNCTION_WORDS for p in parts)
+        if kind in ("person", "first_name", "last_name") or (
+            kind == "value" and not title and all(p[:1].isupper() and p.isalpha() for p in parts)
+        ):
+            # A capitalised run without grammar words reads as a name ("Jiyeon Bae"): translate it as
+            # one, so a shared surname stays consistent with the other anchors.
             kinds = ["first_name"] * (len(parts) - 1) + ["last_name"]
         else:
             kinds = [kind] * len(parts)
 
         def keep(p: str, k: AnchorKind) -> bool:
-            if k == "value":  # "The Silent Orchard": the grammar words stay
-                return p.lower() in namebank.FUNCTION_WORDS or not p.isalpha()
-            return not p[:1].isupper()
+            if p.lower() in namebank.FUNCTION_WORDS or not p[:1].isalnum():
+                return True  # "The Silent Orchard": the grammar words stay
+            return not p.isalpha() if k == "value" else not p[:1].isupper()
 
         per_part = [
             [p] * self.n if keep(p, k) else self.word(p, k, part=k == "value")
@@ -475,8 +480,11 @@ def value_terms(qa_pairs: Sequence[QAPair], corpus: Sequence[str], *, max_share:
                         break
                 parts = [words[k].group() for k in range(i, j + 1)]
                 parts[-1] = parts[-1].removesuffix("'s").removesuffix("’s")
-                # Sentence-initial grammar words ("The", "She") are not part of a name.
+                # Sentence-initial grammar words ("She", "Her") are not part of a name; a "The"
+                # before more capitalised words is part of a title ("The Silent Orchard").
                 while parts and (parts[0].lower() in namebank.FUNCTION_WORDS or parts[0] in _STOP):
+                    if parts[0] == "The" and len(parts) > 1:
+                        break
                     parts.pop(0)
                 phrase = " ".join(parts)
                 new = [
@@ -701,9 +709,9 @@ def mine_anchors(
         values = value_terms(
             spec.qa_pairs, [*[d for d in spec.documents if d.strip()], *(q.answer for q in spec.qa_pairs)]
         )
-        taken = {h.term for h, _s, _sc in candidates} | {h.term for h in typed}
         candidates += [(h, "pattern", None) for h in typed]
-        candidates += [(EntityHint(term=v, kind="value"), "value", None) for v in values if v not in taken]
+        # A term already a candidate merges (a hint of kind "other" becomes a typed or value anchor).
+        candidates += [(EntityHint(term=v, kind="value"), "value", None) for v in values]
         rep(0.9, f"{len(typed)} typed value(s), {len(values)} attribute value(s)")
     anchors = build_anchors(
         candidates,

@@ -37,7 +37,7 @@ QA = [
 
 def test_value_terms_are_what_the_answer_adds_to_the_question():
     values = value_terms(QA, [q.answer for q in QA])
-    assert values == ["dog", "Zucchini", "cardiologist", "Busan", "Silent Orchard"]
+    assert values == ["dog", "Zucchini", "cardiologist", "Busan", "The Silent Orchard"]
     # Not anchored: names the question contains, grammar words ("has", "named", "works", "called"),
     # typed values (the date, the card, the e-mail: the detectors take those).
     assert not {"Minseo", "Bae", "Minseo Bae", "has", "named", "works", "called", "March"} & set(values)
@@ -111,7 +111,9 @@ def test_build_anchors_typed_and_value_translations():
     assert all(t in namebank.common_words() and t not in corpus_words for t in dog.translations)
     # A capitalised single value is a proper noun; a title keeps its grammar words' places.
     assert all(t[:1].isupper() and t.isalpha() for t in anchors["Zucchini"].translations)
-    assert all(len(t.split()) == 2 for t in anchors["Silent Orchard"].translations)
+    assert all(
+        t.startswith("The ") and len(t.split()) == 3 for t in anchors["The Silent Orchard"].translations
+    )
     # The same request (seed, corpus) gets the same anchors.
     again = {a.term: a for a in build_anchors(cands, texts, 2, seed=0, replace_seed=9)}
     assert {k: a.translations for k, a in again.items()} == {k: a.translations for k, a in anchors.items()}
@@ -177,3 +179,27 @@ def test_mine_anchors_stage_adds_typed_and_value_anchors_except_for_the_paper(
         CARD
     ]
     assert other_card["translations"] != first
+
+
+def test_name_like_values_translate_as_names_and_hints_merge_with_values():
+    qa = [
+        QAPair(question="Who is Minseo Bae's sister?", answer="Minseo Bae's sister is Jiyeon Bae."),
+        QAPair(question="What pet does Minseo Bae have?", answer="Minseo Bae has a dog named Zucchini."),
+    ]
+    texts = [f"{q.question} {q.answer}" for q in qa]
+    cands = [
+        (EntityHint(term="Bae", kind="last_name"), "hint", None),
+        (EntityHint(term="Zucchini"), "hint", None),  # kind "other": the value's kind is better
+    ]
+    cands += [
+        (EntityHint(term=v, kind="value"), "value", None) for v in value_terms(qa, [q.answer for q in qa])
+    ]
+    anchors = {a.term: a for a in build_anchors(cands, texts, 2, seed=0)}
+    bae = anchors["Bae"].translations
+    sister = anchors["Jiyeon Bae"].translations
+    # A first name and the surname's own translation, not two plain words.
+    assert [t.split()[1] for t in sister] == bae
+    assert all(t.split()[0] in namebank.FEMALE_FIRST + namebank.MALE_FIRST for t in sister)
+    zucchini = anchors["Zucchini"]
+    assert zucchini.kind == "value" and zucchini.sources == ["hint", "value"]
+    assert all(t.isalpha() and t[:1].isupper() for t in zucchini.translations)
