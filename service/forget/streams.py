@@ -2,9 +2,11 @@
 
 * At most ``sse_max_per_key`` open streams per API key and ``sse_max_per_tenant`` per tenant in one
   API process (429 with ``Retry-After`` beyond that).
-* A stream lives at most ``sse_max_lifetime_s``; it then ends with a comment telling the client to
-  reconnect with ``Last-Event-ID`` (EventSource does so by itself, with the ``retry`` delay sent).
-* Every ``sse_recheck_s`` the key is looked up again: a revoked key's stream ends.
+* A stream lives at most ``sse_max_lifetime_s``; it then ends with a ``stream_end`` event telling the
+  client to reconnect with ``Last-Event-ID`` (EventSource does so by itself, with the ``retry`` delay
+  sent; the SDK does too).
+* Every ``sse_recheck_s`` the key is looked up again: a revoked key's stream ends (``stream_end`` with
+  reason ``key_revoked``; reconnecting answers 401).
 * On shutdown every stream ends at its next poll (``close_all``), so open streams do not hold the
   server up; ``serve`` bounds uvicorn's graceful shutdown as well.
 """
@@ -12,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -39,7 +43,7 @@ class StreamRegistry:
     def open(self) -> int:
         return sum(self.per_tenant.values())
 
-    def acquire(self, principal: Principal, max_per_key: int, max_per_tenant: int) -> None:
+    def acquire(self, principal: Principal, max_per_key: int, max_per_tenant: int) -> Lease:
         if self.per_key[principal.key_id] >= max_per_key:
             raise RateLimited(
                 f"This API key has {max_per_key} event streams open already; close one first",
@@ -54,12 +58,26 @@ class StreamRegistry:
             )
         self.per_key[principal.key_id] += 1
         self.per_tenant[principal.tenant] += 1
+        return Lease(self, principal)
 
-    def release(self, principal: Principal) -> None:
+    def _release(self, principal: Principal) -> None:
         for counter, name in ((self.per_key, principal.key_id), (self.per_tenant, principal.tenant)):
             counter[name] -= 1
             if counter[name] <= 0:
                 del counter[name]
+
+
+class Lease:
+    """One open stream's place; released once (when the stream ends, or if it never started)."""
+
+    def __init__(self, registry: StreamRegistry, principal: Principal) -> None:
+        self._registry = registry
+        self._principal: Principal | None = principal
+
+    def release(self) -> None:
+        principal, self._principal = self._principal, None
+        if principal is not None:
+            self._registry._release(principal)
 
 
 def registry(resources: Resources) -> StreamRegistry:
@@ -96,8 +114,21 @@ async def limited(
     """Wrap a stream with the per-key/tenant cap (taken now), the lifetime and the key re-check."""
     settings = resources.settings
     streams = registry(resources)
-    streams.acquire(principal, settings.sse_max_per_key, settings.sse_max_per_tenant)
-    return _run(resources, principal, messages, streams)
+    lease = streams.acquire(principal, settings.sse_max_per_key, settings.sse_max_per_tenant)
+    stream = _run(resources, principal, messages, streams, lease)
+    # A stream whose client left before it started never runs its ``finally``: release on collection.
+    weakref.finalize(stream, lease.release)
+    return stream
+
+
+def _end(reason: str, message: str) -> ServerSentEventMessage:
+    """The last message of a stream the server ends (no id: resuming starts after the last real event).
+
+    ``stream_end`` tells a client the request may not have settled: reconnect with Last-Event-ID
+    (after ``key_revoked`` that answers 401).
+    """
+    payload = {"type": "stream_end", "reason": reason, "message": message}
+    return ServerSentEventMessage(event="stream_end", data=json.dumps(payload))
 
 
 async def _run(
@@ -105,6 +136,7 @@ async def _run(
     principal: Principal,
     messages: Callable[[], AsyncIterator[ServerSentEventMessage]],
     streams: StreamRegistry,
+    lease: Lease,
 ) -> AsyncIterator[ServerSentEventMessage]:
     settings = resources.settings
     loop = asyncio.get_running_loop()
@@ -118,14 +150,12 @@ async def _run(
         while True:
             now = loop.time()
             if now >= deadline:
-                yield ServerSentEventMessage(
-                    data=None, comment="stream lifetime reached; reconnect with Last-Event-ID"
-                )
+                yield _end("lifetime", "stream lifetime reached; reconnect with Last-Event-ID")
                 return
             if now >= next_check:
                 next_check = now + settings.sse_recheck_s
                 if not await key_is_active(resources, principal.key_id):
-                    yield ServerSentEventMessage(event="error", data='{"code": "key_revoked"}')
+                    yield _end("key_revoked", "the API key was revoked")
                     return
             if pending is None:
                 pending = asyncio.ensure_future(anext(source))
@@ -134,9 +164,7 @@ async def _run(
                 {pending, closing}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
             if closing in done:
-                yield ServerSentEventMessage(
-                    data=None, comment="server shutting down; reconnect with Last-Event-ID"
-                )
+                yield _end("shutdown", "server shutting down; reconnect with Last-Event-ID")
                 return
             if pending in done:
                 task, pending = pending, None
@@ -146,7 +174,7 @@ async def _run(
                     return
                 yield message
     finally:
-        streams.release(principal)
+        lease.release()
         closing.cancel()
         if pending is not None:
             pending.cancel()

@@ -168,3 +168,28 @@ def test_serve_stops_promptly_with_an_open_stream(tmp_path: Any, clean_redis: st
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_sdk_resumes_a_stream_the_server_ended_and_follows_to_the_end(settings: Settings) -> None:
+    from obliviate_client import Client
+
+    settings = _settings(settings, sse_max_lifetime_s=0.7)
+    async with live_server(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=10) as client:
+        key = await make_key(live)
+        url = await _queued_request(client, key)
+        request_id = url.rsplit("/", 1)[1]
+
+        def follow() -> list[Any]:
+            with Client(base_url=live.url, api_key=key) as sdk:
+                return list(sdk.forget_requests.events(request_id))
+
+        following = asyncio.create_task(asyncio.to_thread(follow))
+        await asyncio.sleep(2.5)  # several lifetimes: the SDK reconnected each time
+        assert not following.done()
+        cancel = await client.post(f"{url}/cancel", json={"reason": "done"}, headers=auth(key))
+        assert cancel.status_code in (200, 202), cancel.text
+        events = await asyncio.wait_for(following, 30)
+    ids = [e.id for e in events if e.id]
+    assert len(ids) == len(set(ids)), "a resumed stream must not repeat events"
+    assert [e.data.get("status") for e in events if e.type == "status"] == ["queued", "cancelled"]
+    assert not [e for e in events if e.type == "stream_end"]

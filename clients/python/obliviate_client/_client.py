@@ -330,11 +330,17 @@ class ForgetRequests:
                     if response.status_code >= 400:
                         response.read()
                         raise_for_status(response)
+                    ended = False
                     for sse in iter_events(response.iter_lines()):
                         event = r.parse_event(sse)
+                        if event.type == "stream_end":
+                            ended = True  # the server ended the stream early (lifetime, shutdown)
+                            break
                         if sse.id:
                             last_event_id = sse.id
                         yield event
+                if ended:
+                    continue  # resume after the last event (a revoked key now answers 401)
                 return  # the server closed the stream: the request settled (or follow=False)
             except (httpx.TransportError, httpx.StreamError) as exc:
                 reconnects += 1
@@ -500,11 +506,17 @@ class AsyncForgetRequests:
                     if response.status_code >= 400:
                         await response.aread()
                         raise_for_status(response)
+                    ended = False
                     async for sse in aiter_events(response.aiter_lines()):
                         event = r.parse_event(sse)
+                        if event.type == "stream_end":
+                            ended = True  # the server ended the stream early (lifetime, shutdown)
+                            break
                         if sse.id:
                             last_event_id = sse.id
                         yield event
+                if ended:
+                    continue  # resume after the last event (a revoked key now answers 401)
                 return
             except (httpx.TransportError, httpx.StreamError) as exc:
                 reconnects += 1
