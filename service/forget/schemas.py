@@ -10,7 +10,10 @@ from msgspec import Meta, Struct
 NonEmpty200 = Annotated[str, Meta(min_length=1, max_length=200)]
 Text = Annotated[str, Meta(min_length=1)]
 Opaque = Annotated[str, Meta(max_length=512)]
-HintKind = Literal["first_name", "last_name", "person", "place", "organization", "other"]
+HintKind = Literal[
+    "first_name", "last_name", "person", "place", "organization", "other",
+    "email", "phone", "card", "account", "iban", "date", "url", "handle", "address", "value",
+]  # fmt: skip
 Rate = Annotated[float, Meta(ge=0, le=1)]
 GateName = Literal["anchor_review", "target_review", "evaluation_review"]
 

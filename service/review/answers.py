@@ -28,7 +28,11 @@ GATE_KIND: Final[dict[str, str]] = {
     "evaluation_review": EVALUATION,
 }
 
-ANCHOR_KINDS: Final = ("first_name", "last_name", "person", "place", "organization", "other")
+ANCHOR_KINDS: Final = (
+    "first_name", "last_name", "person", "place", "organization", "other",
+    # structured personal data and attribute values (the pipeline's typed and value anchors)
+    "email", "phone", "card", "account", "iban", "date", "url", "handle", "address", "value",
+)  # fmt: skip
 VERDICTS: Final = ("ok", "reject", "fix")
 LABELS: Final = ("leaks", "generic", "unsure")
 MAX_TERM = 200

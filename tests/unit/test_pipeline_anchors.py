@@ -203,3 +203,20 @@ def test_name_like_values_translate_as_names_and_hints_merge_with_values():
     zucchini = anchors["Zucchini"]
     assert zucchini.kind == "value" and zucchini.sources == ["hint", "value"]
     assert all(t.isalpha() and t[:1].isupper() for t in zucchini.translations)
+
+
+def test_service_accepts_every_anchor_kind_the_pipeline_writes():
+    """A reviewer who keeps a card or value anchor as the pipeline wrote it must not get a 422."""
+    from typing import get_args
+
+    from gpu_runtime.pipeline.types import AnchorKind
+    from service.forget.schemas import HintKind
+    from service.review.answers import ANCHOR_KINDS, validate
+
+    assert set(ANCHOR_KINDS) == set(get_args(AnchorKind)) == set(get_args(HintKind))
+    ok = validate(
+        "anchor",
+        {"anchors": [{"term": CARD, "kind": "card", "translations": ["4734 0963 4908 9428"]}]},
+        {"anchors": [], "passages": [{"label": "Document 1", "text": f"Her card number is {CARD}."}]},
+    )
+    assert ok["anchors"][0]["kind"] == "card"
