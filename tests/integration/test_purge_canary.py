@@ -188,6 +188,17 @@ async def test_no_canary_survives_the_purge_in_any_terminal_or_parked_state(
         )
         assert done.status_code == 200, done.text
         assert (await drive(client, settings, ids["ready"], stage_runner=canary_runner))["status"] == "ready"
+        # rejected at a review gate (the reason a reviewer types is audited as typed: no canary there)
+        ids["rejected"] = await file(options={"review_gates": ["evaluation_review"]})
+        assert (await drive(client, settings, ids["rejected"], stage_runner=canary_runner))[
+            "status"
+        ] == "awaiting_evaluation_review"
+        rejected = await client.post(
+            f"/v1/forget-requests/{ids['rejected']}/approve",
+            json={"decision": "reject", "reason": "still leaks"},
+            headers=auth(reviewer),
+        )
+        assert rejected.status_code == 200, rejected.text
         # parked at a review gate
         ids["gate"] = await file(options={"review_gates": ["target_review"]})
         assert (await drive(client, settings, ids["gate"], stage_runner=canary_runner))[
@@ -222,6 +233,7 @@ async def test_no_canary_survives_the_purge_in_any_terminal_or_parked_state(
         assert statuses == {
             "failed_bad_input": "failed",
             "cancelled": "cancelled",
+            "rejected": "failed",
             "ready": "failed",  # expired while parked
             "gate": "failed",
             "superseded": "superseded",
