@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     worker_health_interval_s: float = Field(
         default=5.0, gt=0, description="How often a worker refreshes its liveness key in Redis."
     )
+    ready_requires_worker: bool = Field(
+        default=True,
+        description="/health/ready answers 503 while requests wait and no worker is alive "
+        "(off: it only reports it, so a load balancer keeps the gateway in rotation).",
+    )
     worker_restart_max_s: float = Field(
         default=60.0, gt=0, description="Longest back-off before `serve` restarts a worker that exited."
     )

@@ -34,7 +34,7 @@ async def worker_check(resources: Resources) -> dict[str, Any]:
     stranded = waiting if not workers else 0
     COUNTERS.waiting_without_worker = stranded
     check: dict[str, Any] = {
-        "ok": stranded == 0,
+        "ok": stranded == 0 or not resources.settings.ready_requires_worker,
         "live": len(workers),
         "workers": workers[:50],
         "waiting_requests": waiting,

@@ -171,3 +171,14 @@ async def test_readiness_and_request_flag_when_no_worker_is_alive(settings: Sett
         finally:
             task.cancel()
             await worker.close()
+
+
+async def test_readiness_can_report_without_failing(settings: Settings) -> None:
+    settings = settings.model_copy(
+        update={"ready_requires_worker": False, "sweep_interval_s": 3600, "relay_interval_s": 3600}
+    )
+    async with app_client(settings) as client:
+        await submit(client, await make_key(client))
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["workers"]["waiting_without_worker"] == 1
