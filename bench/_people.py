@@ -434,15 +434,17 @@ def generate(n: int = 6, seed: int = 0) -> DataSet:
     return data
 
 
-def request_body(data: DataSet, subject: str, retain_people: Sequence[str]) -> dict[str, Any]:
+def request_body(
+    data: DataSet, subject: str, retain_people: Sequence[str], probes: bool = False
+) -> dict[str, Any]:
     """What the bench files: the subject's documents and original QA pairs, name-part hints, and the
-    retain people's original answers as retain examples. Never the held-out questions."""
+    retain people's original answers as retain examples (with ``probes``, the original questions as
+    probes too, as ``obliviate demo`` files them). Never the held-out questions."""
     p = data.person(subject)
-    return {
+    originals = data.questions_about(subject, ["original"])
+    body: dict[str, Any] = {
         "corpus": person_documents(p),
-        "qa_pairs": [
-            {"question": q.prompt, "answer": q.answer} for q in data.questions_about(subject, ["original"])
-        ],
+        "qa_pairs": [{"question": q.prompt, "answer": q.answer} for q in originals],
         "hints": [
             {"term": p.name, "kind": "person"},
             {"term": p.first_name, "kind": "first_name"},
@@ -453,3 +455,6 @@ def request_body(data: DataSet, subject: str, retain_people: Sequence[str]) -> d
         ],
         "options": {"deploy_policy": "auto"},
     }
+    if probes:
+        body["probes"] = [{"prompt": q.prompt, "reference": q.reference} for q in originals]
+    return body

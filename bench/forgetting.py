@@ -274,6 +274,7 @@ def file_request(
             corpus=body["corpus"],
             qa_pairs=body["qa_pairs"],
             hints=body["hints"],
+            probes=body.get("probes"),
             retain_examples=body["retain_examples"],
             options=body["options"],
             data_subject_ref=f"bench-{data.seed}-{data.people.index(data.person(subject))}",
@@ -450,7 +451,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         filed: list[Filed] = []
         for subject in subjects:
             others = [p for p in retain_people]  # the people nobody asked to forget
-            f = file_request(service, data, subject, others, args.request_timeout)
+            f = file_request(service, data, subject, others, args.request_timeout, args.probes)
             filed.append(f)
             gate = f.gate
             _say(
@@ -653,6 +654,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="train the base model on the documents and original questions only (default: also on the "
         "held-out paraphrases and inverted questions, so it knows the facts through those wordings)",
+    )
+    ap.add_argument(
+        "--probes",
+        action="store_true",
+        help="also send the original questions as the request's probes (as `obliviate demo` does); "
+        "default: documents, QA pairs, hints and retain examples only",
     )
     ap.add_argument("--dump-answers", action="store_true", help="put every question and answer in the JSON")
     ap.add_argument("--keep-data", action="store_true", help="keep the service's temporary data directory")

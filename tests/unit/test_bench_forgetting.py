@@ -107,6 +107,9 @@ def test_held_out_questions_are_never_in_the_request(data) -> None:  # type: ign
         assert subject not in text and not any(v in text for v in subject_values)
     assert {h["kind"] for h in body["hints"]} == {"person", "first_name", "last_name"}
     assert body["options"] == {"deploy_policy": "auto"}
+    assert "probes" not in body
+    with_probes = request_body(data, subject, retain, probes=True)
+    assert {pr["prompt"] for pr in with_probes["probes"]} == originals
 
 
 def test_held_out_wordings_are_not_the_pipelines_own(data) -> None:  # type: ignore[no-untyped-def]
