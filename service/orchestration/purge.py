@@ -60,6 +60,7 @@ class PurgeReport:
     purged: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     idempotency_expired: int = 0
 
 
@@ -274,26 +275,38 @@ async def purge_due(resources: Resources, store: ArtifactStore, report: PurgeRep
             )
         ).all()
     for row in due:
-        status = Status(row.status)
-        if status in STAGE_STATUS.values() or status in {Status.QUEUED, Status.RECEIVED}:
-            # Left its parked state meanwhile (a gate approved): it gets a new time when it stops again.
-            async with resources.sessionmaker() as session:
-                await session.execute(
-                    update(ForgetRequest)
-                    .where(ForgetRequest.id == row.id, ForgetRequest.status == row.status)
-                    .values(purge_after=None)
-                )
-                await session.commit()
-            continue
-        if status in PARKED:
-            if not await _expire(resources, row):
-                continue
-            report.expired.append(row.id)
-        if await _stage_running(resources, row, now):
-            report.deferred.append(row.id)
-            continue
-        if await purge_request(resources, store, row):
-            report.purged.append(row.id)
+        try:
+            await _purge_one(resources, store, row, now, report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one request's failure must not stop the others' purge
+            report.errors.append(row.id)
+            logger.warning("purge of %s failed (retried next pass): %s", row.id, type(exc).__name__)
+
+
+async def _purge_one(
+    resources: Resources, store: ArtifactStore, row: Any, now: datetime, report: PurgeReport
+) -> None:
+    status = Status(row.status)
+    if status in STAGE_STATUS.values() or status in {Status.QUEUED, Status.RECEIVED}:
+        # Left its parked state meanwhile (a gate approved): it gets a new time when it stops again.
+        async with resources.sessionmaker() as session:
+            await session.execute(
+                update(ForgetRequest)
+                .where(ForgetRequest.id == row.id, ForgetRequest.status == row.status)
+                .values(purge_after=None)
+            )
+            await session.commit()
+        return
+    if status in PARKED:
+        if not await _expire(resources, row):
+            return
+        report.expired.append(row.id)
+    if await _stage_running(resources, row, now):
+        report.deferred.append(row.id)
+        return
+    if await purge_request(resources, store, row):
+        report.purged.append(row.id)
 
 
 def _orphan_dirs(root: Path, known: set[str], grace_s: float) -> list[Path]:

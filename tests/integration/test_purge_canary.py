@@ -308,3 +308,24 @@ async def test_purge_waits_for_a_running_stage_to_stop(settings: Settings) -> No
             await session.commit()
         await resources.arq.set(in_progress_key_prefix + job_id_for(other, "reinforce", 1), b"1", px=60_000)
         assert other in (await purge_pass(resources, store)).purged
+
+
+async def test_one_request_that_cannot_be_purged_does_not_stop_the_others(settings: Settings) -> None:
+    import shutil
+
+    settings = settings.model_copy(update={"sweep_interval_s": 3600, "relay_interval_s": 3600})
+    async with app_client(settings) as client:
+        resources = resources_of(client)
+        key = await make_key(client)
+        first, second = (await submit(client, key))["url"], (await submit(client, key))["url"]
+        for url in (first, second):
+            cancel = await client.post(f"{url}/cancel", json={"reason": "stop"}, headers=auth(key))
+            assert cancel.status_code in (200, 202), cancel.text
+        broken, fine = first.rsplit("/", 1)[1], second.rsplit("/", 1)[1]
+        store = store_for(settings)
+        # A damaged store entry: where the input folder should be there is a file.
+        folder = store.local_dir(broken, INPUT)
+        shutil.rmtree(folder)
+        folder.write_text("not a folder")
+        report = await purge_pass(resources, store)
+        assert broken in report.errors and fine in report.purged
