@@ -192,10 +192,12 @@ async def sweep_once(resources: Resources) -> SweepReport:
     report = SweepReport()
     from service.orchestration.purge import purge_pass
 
-    await sweep_jobs(resources, report)
-    purged = await purge_pass(resources, resources.extras["artifacts"])
-    report.purged.extend(purged.purged)
-    report.purge = purged
+    try:
+        await sweep_jobs(resources, report)
+    finally:  # a failing job sweep must not hold personal data past its purge time
+        purged = await purge_pass(resources, resources.extras["artifacts"])
+        report.purged.extend(purged.purged)
+        report.purge = purged
     return report
 
 
