@@ -262,11 +262,19 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def file_request(
-    service: Service, data: DataSet, subject: str, retain: Sequence[str], timeout: float
+    service: Service,
+    data: DataSet,
+    subject: str,
+    retain: Sequence[str],
+    timeout: float,
+    probes: bool = False,
+    max_attempts: int | None = None,
 ) -> Filed:
     from obliviate_client import Client
 
-    body = request_body(data, subject, retain)
+    body = request_body(data, subject, retain, probes=probes)
+    if max_attempts is not None:
+        body["options"]["acceptance"] = {"max_attempts": max_attempts}
     t0 = time.perf_counter()
     with Client(service.base_url, api_key=service.key, timeout=60) as sdk:
         request = sdk.forget_requests.create(
@@ -451,7 +459,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         filed: list[Filed] = []
         for subject in subjects:
             others = [p for p in retain_people]  # the people nobody asked to forget
-            f = file_request(service, data, subject, others, args.request_timeout, args.probes)
+            f = file_request(
+                service, data, subject, others, args.request_timeout, args.probes, args.max_attempts
+            )
             filed.append(f)
             gate = f.gate
             _say(
@@ -661,6 +671,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also send the original questions as the request's probes (as `obliviate demo` does); "
         "default: documents, QA pairs, hints and retain examples only",
     )
+    ap.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="options.acceptance.max_attempts of the request: evaluations before the evaluation review "
+        "(default: the product's, 3); the thresholds themselves stay the defaults",
+    )
     ap.add_argument("--dump-answers", action="store_true", help="put every question and answer in the JSON")
     ap.add_argument("--keep-data", action="store_true", help="keep the service's temporary data directory")
     args = ap.parse_args(argv)
@@ -671,8 +688,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C and SIGTERM unwind through the context managers, which stop the service (also when the
+    # bench was started in the background, where SIGINT is ignored by default).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
     runs = [run_seed(args, seed) for seed in range(args.seed, args.seed + args.seeds)]
     agg = aggregate(runs)
