@@ -7,9 +7,11 @@ e-mails, phones, card/account/IBAN numbers, dates, URLs, handles, addresses; sou
 whose translations are format-preserving generic values, and (e) attribute values of QA pairs
 (source "value"): the answer's words the question does not contain ("What pet does X have?" ->
 "X has a dog named Zucchini." gives "dog" and "Zucchini"). (d) and (e) are ours, not the paper's:
-``method="whp"`` leaves them out. In QA/chat input only answer tokens are mined. Each anchor gets generic translations of the same kind and
-a similar shape ("Harry" -> "Harold"), distinct anchors never share a translation, and full names
-are translated part by part so "Harry Potter" and "Harry" stay consistent. Reviewers may edit the
+``method="whp"`` leaves them out. In QA/chat input only answer tokens are mined.
+
+Each anchor gets generic translations of the same kind and a similar shape ("Harry" -> "Harold"),
+distinct anchors never share a translation, and full names are translated part by part so
+"Harry Potter" and "Harry" stay consistent. Reviewers may edit the
 JSON before targets are generated; a re-run of this stage with unchanged inputs keeps their edits.
 """
 
