@@ -528,10 +528,12 @@ async def _event_stream(
     poll = 0.25
     while True:
         async with resources.sessionmaker() as session:
-            events = await forget_service.latest_events(session, request_id, last)
+            # Status first: its change commits with its event, so events read after it include that
+            # event (read the other way round, a change landing in between ended the stream early).
             status = (
                 await session.execute(select(ForgetRequest.status).where(ForgetRequest.id == request_id))
             ).scalar_one_or_none()
+            events = await forget_service.latest_events(session, request_id, last)
         for event in events:
             last = event.id
             payload = {"type": event.kind, **event.data, "created_at": event.created_at.isoformat()}

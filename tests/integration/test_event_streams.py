@@ -193,3 +193,28 @@ async def test_sdk_resumes_a_stream_the_server_ended_and_follows_to_the_end(sett
     assert len(ids) == len(set(ids)), "a resumed stream must not repeat events"
     assert [e.data.get("status") for e in events if e.type == "status"] == ["queued", "cancelled"]
     assert not [e for e in events if e.type == "stream_end"]
+
+
+async def test_the_cap_holds_across_replicas(settings: Settings) -> None:
+    settings = _settings(settings, sse_max_per_key=2, sse_max_per_tenant=10)
+    async with (
+        live_server(settings) as one,
+        live_server(settings) as two,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        key = await make_key(one)  # one database: both replicas know the key
+        url = await _queued_request(httpx.AsyncClient(base_url=one.url, timeout=10), key)
+        async with (
+            client.stream("GET", f"{one.url}{url}/events", headers=auth(key)) as first,
+            client.stream("GET", f"{two.url}{url}/events", headers=auth(key)) as second,
+        ):
+            assert first.status_code == second.status_code == 200
+            third = await client.get(f"{two.url}{url}/events", headers=auth(key))
+            assert third.status_code == 429, third.text
+        # Closed streams give their places back on every replica.
+        for _ in range(50):
+            async with client.stream("GET", f"{two.url}{url}/events", headers=auth(key)) as again:
+                if again.status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert again.status_code == 200
