@@ -190,6 +190,10 @@ async def scrub_database(resources: Resources, request_id: str) -> None:
                 due_extension_reason=None if row.due_extension_reason is None else "(purged)",
             )
         )
+        # Progress events (many per stage, each with a message) are transient: they go in one statement.
+        await session.execute(
+            delete(RequestEvent).where(RequestEvent.request_id == request_id, RequestEvent.kind == "progress")
+        )
         events = (
             await session.execute(
                 select(RequestEvent.id, RequestEvent.data).where(RequestEvent.request_id == request_id)
