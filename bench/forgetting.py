@@ -254,6 +254,8 @@ class Filed:
     gate: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     failure: str | None = None
+    #: Approved at the evaluation review (only to make ``adapter:<id>`` servable; never deployed).
+    approved_for_inspection: bool = False
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -292,16 +294,30 @@ def file_request(
         request = sdk.forget_requests.wait(request.id, until="gate", timeout=timeout, poll_interval=2.0)
         if request.status == "ready":  # passed the gate: the auto policy deploys it within a second
             request = sdk.forget_requests.wait(request.id, until="deployed", timeout=180)
-    seconds = time.perf_counter() - t0
-    deployed = request.status == "deployed"
-    failure = f"{request.failure.code}: {request.failure.reason}" if request.failure else None
-    metrics = dict(request.metrics or {})
+        seconds = time.perf_counter() - t0
+        status = request.status
+        deployed = status == "deployed"
+        failure = f"{request.failure.code}: {request.failure.reason}" if request.failure else None
+        metrics = dict(request.metrics or {})
+        inspected = False
+        if status == "awaiting_evaluation_review":
+            # The gateway serves `adapter:<id>` only from "ready" on; approving the evaluation review in
+            # this throwaway service makes the candidate inspectable. It is NOT deployed: a request
+            # that failed the gate needs an explicit override to deploy, which the bench never gives.
+            sdk.forget_requests.approve(
+                request.id, "forgetting bench: approved only to inspect the candidate adapter; not deployed"
+            )
+            request = sdk.forget_requests.wait(request.id, until="settled", timeout=120)
+            inspected = request.status == "ready"
+            if not inspected:
+                _say(f"  after the approval the request is {request.status}; its adapter may not be servable")
     if deployed and not wait_served(service, request.adapter.deployed_version if request.adapter else None):
         _say("warning: the chat alias did not report the new version within 120 s; measuring anyway")
     return Filed(
         subject=subject,
         request_id=request.id,
-        status=request.status,
+        status=status,
+        approved_for_inspection=inspected,
         deployed=deployed,
         model="chat" if deployed else f"adapter:{request.id}",
         seconds=seconds,
@@ -475,8 +491,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 )
             if not f.deployed:
                 _say(
-                    f"  NOT deployed ({f.status}): its candidate is measured through model {f.model!r}; "
-                    "the served model is unchanged"
+                    f"  NOT deployed ({f.status}): its candidate is measured through model {f.model!r}"
+                    + (
+                        " (approved at the evaluation review for that, never deployed)"
+                        if f.approved_for_inspection
+                        else ""
+                    )
+                    + "; the served model is unchanged"
                 )
         timings["requests_s"] = sum(f.seconds for f in filed)
 
@@ -515,6 +536,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 "gate": f.gate,
                 "metrics": f.metrics,
                 "failure": f.failure,
+                "approved_for_inspection": f.approved_for_inspection,
             }
             for f in filed
         ],
