@@ -365,13 +365,22 @@ def score_forget(
 def score_retain(
     data: DataSet, questions: Sequence[Question], before: Sequence[str], after: Sequence[str]
 ) -> list[dict[str, Any]]:
+    from gpu_runtime.pipeline.fluency import assess, vocabulary_of
     from gpu_runtime.pipeline.leaks import leaks, rouge_l_recall
 
+    people = list(dict.fromkeys(q.person for q in questions))
+    vocabulary = vocabulary_of(
+        [d for name in people for d in data.documents(name)]
+        + [q.prompt + " " + q.answer for q in questions]
+        + list(before)
+    )
     rows = []
     for q, b, a in zip(questions, before, after, strict=True):
         terms = data.person(q.person).terms()
         rows.append(
             {
+                "broken_before": assess(b, vocabulary).broken,
+                "broken_after": assess(a, vocabulary).broken,
                 "person": q.person,
                 "fact": q.fact,
                 "kind": q.kind,
@@ -423,6 +432,8 @@ def summarise(
     out["retain_ratio"] = (
         (after / before if before else 1.0) if before is not None and after is not None else None
     )
+    out["retain_broken_rate_before"] = _rate(retain, "broken_before")
+    out["retain_broken_rate_after"] = _rate(retain, "broken_after")
     out["retain_known_before"] = _rate(retain, "knows_before")
     out["retain_known_after"] = _rate(retain, "knows_after")
     out["retain_per_kind"] = {
@@ -565,6 +576,8 @@ HEADLINE = (
     ("retain_rouge_before", "retain ROUGE-L before"),
     ("retain_rouge_after", "retain ROUGE-L after"),
     ("retain_ratio", "retain ratio after/before"),
+    ("retain_broken_rate_before", "broken retain answers before"),
+    ("retain_broken_rate_after", "broken retain answers after"),
 )
 
 

@@ -155,6 +155,7 @@ def test_scoring_uses_the_leak_and_fluency_definitions(data) -> None:  # type: i
     assert retain_rows[0]["rouge_before"] == pytest.approx(1.0)
     assert retain_rows[0]["rouge_after"] == pytest.approx(1.0)
     assert retain_rows[1]["rouge_after"] < 1.0
+    assert not any(r["broken_before"] or r["broken_after"] for r in retain_rows)
 
     filed = [Filed(p.name, "fr_x", "deployed", True, "chat", 1.0, gate={"passed": True})]
     summary = summarise(rows, retain_rows, filed)
@@ -166,6 +167,7 @@ def test_scoring_uses_the_leak_and_fluency_definitions(data) -> None:  # type: i
     assert summary["retain_ratio"] == pytest.approx(
         summary["retain_rouge_after"] / summary["retain_rouge_before"]
     )
+    assert summary["retain_broken_rate_after"] == 0.0
     assert summary["gate_passed_without_review"] is True
     assert summary["targets"]["leak_rate"] is False and summary["targets"]["broken_rate"] is False
 
