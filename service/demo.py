@@ -33,6 +33,9 @@ class Question:
     prompt: str
     reference: str
     about: str  # "forget" or "keep"
+    #: "original" (a question of the request's corpus), or held out of the request: "paraphrase",
+    #: "inverted" (the fact is given, the person is asked for)
+    kind: str = "original"
 
 
 @dataclass
@@ -47,6 +50,9 @@ class DemoOutcome:
     total_keep: int
     certificate_path: Path | None
     seconds: float
+    #: Forgotten-person questions that still leak after, by kind (original / paraphrase / inverted).
+    leaks_after_by_kind: dict[str, int] | None = None
+    gate_passed: bool | None = None
 
 
 NOISY_LOGGERS = ("alembic", "httpx", "httpx2", "arq", "uvicorn", "transformers", "obliviate", "gpu_runtime")
@@ -115,26 +121,64 @@ def pick_people(world: Any, subject: str | None) -> tuple[Any, Any]:
     return target, control
 
 
-def build_questions(world: Any, target: Any, control: Any, per_person: int) -> list[Question]:
-    forget = [Question(qa.question, qa.answer, "forget") for qa in world.qa_for(target.name)[:per_person]]
-    keep = [
-        Question(qa.question, qa.answer, "keep")
-        for qa in world.qa_for(control.name)[: max(2, per_person // 2)]
+def request_material(world: Any, target: Any) -> dict[str, Any]:
+    """What the demo's forget request contains: the person's documents, QA pairs and hints."""
+    return {
+        "documents": [d["text"] for d in world.documents() if d["subject"] == target.name],
+        "qa_pairs": [{"question": qa.question, "answer": qa.answer} for qa in world.qa_for(target.name)],
+        "hints": [
+            {"term": target.name, "kind": "person"},
+            {"term": target.first_name, "kind": "first_name"},
+            {"term": target.last_name, "kind": "last_name"},
+            {"term": target.birthplace, "kind": "place"},
+            {"term": target.pet_name, "kind": "other"},
+            {"term": target.work_title, "kind": "other"},
+        ],
+    }
+
+
+def person_terms(person: Any) -> list[str]:
+    """The terms whose mention states a person's facts (the leak definition's request terms)."""
+    return [
+        person.name,
+        person.first_name,
+        person.last_name,
+        person.birthplace,
+        person.pet_name,
+        person.work_title,
     ]
+
+
+def build_questions(world: Any, target: Any, control: Any, per_person: int | None = None) -> list[Question]:
+    """Every fact of the person to forget, asked as in the corpus and in ways the request does not
+    contain (a held-out paraphrase per question, inverted questions), and every fact of a control."""
+    from gpu_runtime.pipeline.probes import evaluation_probes
+    from gpu_runtime.pipeline.types import ForgetSpec
+
+    material = request_material(world, target)
+    held_out = evaluation_probes(ForgetSpec.model_validate(material), [])
+    originals = world.qa_for(target.name)[:per_person] if per_person else world.qa_for(target.name)
+    forget = [Question(qa.question, qa.answer, "forget") for qa in originals]
+    paraphrased: dict[str, Question] = {}
+    for q in held_out["paraphrase"]:
+        paraphrased.setdefault(q.reference, Question(q.prompt, q.reference, "forget", "paraphrase"))
+    forget += [paraphrased[qa.answer] for qa in originals if qa.answer in paraphrased]
+    seen: set[str] = set()
+    for q in held_out["inverted"]:
+        # one inverted question per fact sentence: the first wording of each
+        key = q.prompt.split(" ", 3)[-1]
+        if key not in seen and "," not in q.prompt:
+            seen.add(key)
+            forget.append(Question(q.prompt, q.reference, "forget", "inverted"))
+    keep = [Question(qa.question, qa.answer, "keep") for qa in world.qa_for(control.name)]
     return forget + keep
 
 
-def _key_fact(reference: str, subject_name: str) -> str:
-    """The part of a reference answer that carries the fact (the answer minus the subject's name)."""
-    fact = reference.replace(subject_name, "").strip(" .'s")
-    return fact or reference
+def answered(answer: str, question: Question, person: Any) -> bool:
+    """Whether ``answer`` still states the fact: the evaluation's leak definition (``leaks.py``)."""
+    from gpu_runtime.pipeline.leaks import leaks
 
-
-def answered(answer: str, reference: str, subject_name: str) -> bool:
-    """Whether an answer still states the fact (normalised containment of the fact's words)."""
-    words = [w for w in _key_fact(reference, subject_name).lower().replace(".", "").split() if len(w) > 2]
-    text = answer.lower()
-    return bool(words) and all(w in text for w in words)
+    return leaks(answer, question.reference, question.prompt, person_terms(person))
 
 
 def ask_all(base_url: str, api_key: str, questions: list[Question], model: str) -> list[str]:
@@ -150,12 +194,36 @@ def ask_all(base_url: str, api_key: str, questions: list[Question], model: str) 
     return answers
 
 
+def _gate_lines(metrics: dict[str, Any]) -> list[str]:
+    """The acceptance gate's verdict in a few lines (rates per probe kind, failing checks)."""
+    gate = metrics.get("gate") or {}
+    kinds = ("probe", "original", "paraphrase", "inverted", "completion")
+    rates = ", ".join(
+        f"{k} {metrics[f'leaks_after_{k}']}/{metrics[f'n_{k}']}" for k in kinds if f"n_{k}" in metrics
+    )
+    lines = [f"   leaks after, by probe kind: {rates or 'n/a'}"]
+    if "broken_rate_after" in metrics:
+        lines.append(f"   broken answers after: {metrics['broken_rate_after']:.0%}")
+    if "retain_rouge_after" in metrics:
+        lines.append(
+            f"   retain ROUGE-L: {metrics.get('retain_rouge_before', 0):.2f} before, {metrics['retain_rouge_after']:.2f} after"
+        )
+    attempts = gate.get("attempts") or []
+    verdict = "PASSED" if gate.get("passed") else "FAILED"
+    lines.append(f"   acceptance gate: {verdict} after {len(attempts) or 1} attempt(s)")
+    for failure in gate.get("failures") or []:
+        lines.append(
+            f"     - {failure.get('check')}: {failure.get('value')} (threshold {failure.get('threshold')})"
+        )
+    return lines
+
+
 def run_demo(
     settings: Settings,
     *,
     subject: str | None = None,
     review: bool = False,
-    per_person: int = 6,
+    per_person: int | None = None,
     echo: Callable[[str], None] = click.echo,
     keep_serving: bool = False,
     wait_timeout: float = 1800.0,
@@ -178,20 +246,19 @@ def run_demo(
         echo(
             f"service up at {base_url} (API docs {base_url}/docs); demo key created for tenant {DEMO_TENANT!r}"
         )
-        echo(f"\n1. Asking the served model about {target.name} (to forget) and {control.name} (to keep)…")
+        n_held = sum(q.kind != "original" for q in questions)
+        echo(
+            f"\n1. Asking the served model about {target.name} (to forget) and {control.name} (to keep): "
+            f"{len(questions)} questions, {n_held} of them worded in ways the request will not contain…"
+        )
         before = ask_all(base_url, key, questions, "chat")
 
-        documents = [d["text"] for d in world.documents() if d["subject"] == target.name]
-        pairs = [{"question": qa.question, "answer": qa.answer} for qa in world.qa_for(target.name)]
-        hints = [
-            {"term": target.name, "kind": "person"},
-            {"term": target.first_name, "kind": "first_name"},
-            {"term": target.last_name, "kind": "last_name"},
-            {"term": target.birthplace, "kind": "place"},
-            {"term": target.pet_name, "kind": "other"},
-            {"term": target.work_title, "kind": "other"},
+        material = request_material(world, target)
+        probes = [
+            {"prompt": q.prompt, "reference": q.reference}
+            for q in questions
+            if q.about == "forget" and q.kind == "original"
         ]
-        probes = [{"prompt": q.prompt, "reference": q.reference} for q in questions if q.about == "forget"]
         retain = [qa.answer for qa in world.qa_pairs() if qa.subject not in ("", target.name)][:60]
         options: dict[str, Any] = {
             "deploy_policy": "auto",
@@ -199,9 +266,9 @@ def run_demo(
         }
         with Client(base_url, api_key=key, timeout=60) as sdk:
             request = sdk.forget_requests.create(
-                target.name, corpus=documents, qa_pairs=pairs, hints=hints, probes=probes,
-                retain_examples=retain, options=options, data_subject_ref="demo-subject-1",
-                legal_basis="GDPR Art. 17 (demo)",
+                target.name, corpus=material["documents"], qa_pairs=material["qa_pairs"],
+                hints=material["hints"], probes=probes, retain_examples=retain, options=options,
+                data_subject_ref="demo-subject-1", legal_basis="GDPR Art. 17 (demo)",
             )  # fmt: skip
             echo(
                 f"\n2. Filed forget request {request.id} for {target.name}; following it through the pipeline…"
@@ -210,43 +277,61 @@ def run_demo(
                 echo(
                     f"   The anchor review gate is on: open {base_url}/review with this key to review it:\n   {key}"
                 )
-            request = sdk.forget_requests.wait(
-                request.id, until="deployed", timeout=wait_timeout, progress=True
-            )
-            if request.status != "deployed":
+            request = sdk.forget_requests.wait(request.id, until="gate", timeout=wait_timeout, progress=True)
+            if request.status == "ready":  # passed: the auto-deploy policy deploys it within a second
+                request = sdk.forget_requests.wait(request.id, until="deployed", timeout=120)
+            echo("   the evaluation, and the acceptance gate's verdict (fail closed):")
+            for line in _gate_lines(request.metrics):
+                echo(line)
+            deployed = request.status == "deployed"
+            if deployed:
+                model = "chat"
+                echo(f"   deployed as {request.adapter.deployed_version if request.adapter else '?'}")
+            elif request.status == "awaiting_evaluation_review":
+                model = f"adapter:{request.id}"
+                echo(
+                    "   NOT deployed: the request waits at the evaluation review, where a reviewer sees the "
+                    f"residual leaks (UI: {base_url}/review). The served model is unchanged; below, the "
+                    "candidate adapter's answers, for inspection only."
+                )
+            else:
                 reason = f": {request.failure.code}: {request.failure.reason}" if request.failure else ""
                 raise click.ClickException(f"the request ended {request.status}{reason}")
-            echo(f"   deployed as {request.adapter.deployed_version if request.adapter else '?'}")
 
-            echo("\n3. Asking the same questions again…")
+            echo(f"\n3. Asking the same questions again ({model})…")
             deadline = time.monotonic() + 30
-            after = ask_all(base_url, key, questions, "chat")
-            while after == before and time.monotonic() < deadline:  # the alias flips within a second
+            after = ask_all(base_url, key, questions, model)
+            while (
+                deployed and after == before and time.monotonic() < deadline
+            ):  # the alias flips within a second
                 time.sleep(0.5)
-                after = ask_all(base_url, key, questions, "chat")
+                after = ask_all(base_url, key, questions, model)
 
-            certificate = sdk.forget_requests.certificate(request.id)  # signature checked locally
-            cert_dir = settings.data_dir / "certificates"
-            cert_dir.mkdir(parents=True, exist_ok=True)
-            cert_path = cert_dir / f"{request.id}.json"
-            cert_path.write_text(
-                json.dumps(certificate.model_dump(), indent=2, default=str), encoding="utf-8"
-            )
+            cert_path: Path | None = None
+            if deployed:
+                certificate = sdk.forget_requests.certificate(request.id)  # signature checked locally
+                cert_dir = settings.data_dir / "certificates"
+                cert_dir.mkdir(parents=True, exist_ok=True)
+                cert_path = cert_dir / f"{request.id}.json"
+                cert_path.write_text(
+                    json.dumps(certificate.model_dump(), indent=2, default=str), encoding="utf-8"
+                )
 
-        table = Table("about", "question", "before", "after", show_lines=True)
+        table = Table("about", "asked as", "question", "before", "after", show_lines=True)
         counts = {"fb": 0, "fa": 0, "kb": 0, "ka": 0}
+        by_kind: dict[str, int] = {}
         for question, old, new in zip(questions, before, after, strict=True):
             person = target if question.about == "forget" else control
-            was, now = (
-                answered(old, question.reference, person.name),
-                answered(new, question.reference, person.name),
-            )
+            was, now = answered(old, question, person), answered(new, question, person)
             prefix = "f" if question.about == "forget" else "k"
             counts[prefix + "b"] += was
             counts[prefix + "a"] += now
+            if question.about == "forget":
+                by_kind[question.kind] = by_kind.get(question.kind, 0) + now
             mark = lambda ok: "[green]✓ knows[/]" if ok else "[red]✗ doesn't[/]"  # noqa: E731
             table.add_row(
-                f"{'forget' if question.about == 'forget' else 'keep'}: {person.name}",
+                f"{question.about}: {person.name}",
+                question.kind if question.kind == "original" else f"{question.kind} (not in request)",
                 question.prompt,
                 f"{old}\n{mark(was)}",
                 f"{new}\n{mark(now)}",
@@ -255,10 +340,12 @@ def run_demo(
         n_forget = sum(q.about == "forget" for q in questions)
         n_keep = len(questions) - n_forget
         echo(
-            f"\n{target.name}: the model stated {counts['fb']}/{n_forget} facts before and {counts['fa']}/{n_forget} after."
+            f"\n{target.name}: the model stated {counts['fb']}/{n_forget} facts before and {counts['fa']}/{n_forget} after"
+            f" ({', '.join(f'{k}: {v} leaked' for k, v in by_kind.items())})."
             f"\n{control.name} (not forgotten): {counts['kb']}/{n_keep} before, {counts['ka']}/{n_keep} after."
         )
-        echo(f"Signed certificate (Ed25519, verified): {cert_path}")
+        if cert_path is not None:
+            echo(f"Signed certificate (Ed25519, verified; it states the residual rates): {cert_path}")
         echo(f"Audit trail: {base_url}/v1/forget-requests/{request.id}/audit")
         if keep_serving:
             echo(f"\nStill serving at {base_url}; talk to it with the openai client (base_url={base_url}/v1,"
@@ -279,4 +366,6 @@ def run_demo(
         total_keep=n_keep,
         certificate_path=cert_path,
         seconds=time.perf_counter() - started,
+        leaks_after_by_kind=by_kind,
+        gate_passed=bool((request.metrics.get("gate") or {}).get("passed")),
     )

@@ -33,6 +33,8 @@ from .types import CancelFn, ForgetSpec, LLMOptions, Probe, ProgressFn, StageRes
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
 DIR = "evaluate"
+#: Fewest scored tokens for the perplexity check of an answer's fluency.
+MIN_PPL_TOKENS = 3
 GENERAL_PROMPTS = (
     "Tell me about the weather today.",
     "What is a good way to learn a new language?",
@@ -271,7 +273,8 @@ def _mean_logprob(
         if not any(named[start:end]):
             keep.append(v)
         start = end
-    return sum(keep) / len(keep) if keep else None
+    # A perplexity over one or two tokens is noise, not a judgement of the language.
+    return sum(keep) / len(keep) if len(keep) >= MIN_PPL_TOKENS else None
 
 
 def add_fluency(

@@ -29,6 +29,15 @@ IGNORE = -100
 
 def effective_options(o: PipelineOptions) -> PipelineOptions:
     """The options a run at ``o.escalation`` actually trains with (level 0: ``o`` itself)."""
+    if o.unlearn_epochs is None or o.unlearn_lr is None:
+        paper = o.method == "whp"
+        o = o.model_copy(
+            update={
+                "unlearn_epochs": o.unlearn_epochs or (8 if paper else 20),
+                "unlearn_lr": o.unlearn_lr or (1e-3 if paper else 3e-3),
+            }
+        )
+    assert o.unlearn_epochs is not None
     k = o.escalation
     if k == 0:
         return o

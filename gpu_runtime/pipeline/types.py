@@ -101,8 +101,10 @@ class PipelineOptions(_Strict):
     lora_alpha: float = Field(default=16.0, gt=0)
     reinforce_epochs: int = Field(default=8, ge=1, le=100)
     reinforce_lr: float = Field(default=2e-3, gt=0)
-    unlearn_epochs: int = Field(default=8, ge=1, le=100)
-    unlearn_lr: float = Field(default=1e-3, gt=0)
+    unlearn_epochs: int | None = Field(
+        default=None, ge=1, le=100, description="Unset: 8 for method whp (the paper's set-up here), else 20."
+    )
+    unlearn_lr: float | None = Field(default=None, gt=0, description="Unset: 1e-3 for method whp, else 3e-3.")
     batch_size: int = Field(default=8, ge=1, le=1024)
     retain_weight: float = Field(default=1.0, ge=0, description="Weight of the retain regulariser.")
     retain_loss: Literal["kl", "lm"] = "kl"
@@ -130,7 +132,7 @@ class PipelineOptions(_Strict):
     whp_weight: float = Field(default=1.0, ge=0, description="Weight of the generic-label loss.")
     answer_weight: float = Field(default=1.0, ge=0, description="Weight of the fluent answer targets.")
     answer_target: Literal["alternative", "idk"] = Field(
-        default="alternative",
+        default="idk",
         description="Fluent target for questions about the subject: the answer with its facts "
         "replaced by generic ones, or a plain abstention.",
     )
@@ -138,7 +140,10 @@ class PipelineOptions(_Strict):
     npo_beta: float = Field(default=0.1, gt=0, le=10, description="NPO inverse temperature.")
     npo_variant: Literal["npo", "simnpo"] = "npo"
     question_variants: int = Field(
-        default=2, ge=0, le=16, description="Generated paraphrased and inverted questions per fact, for training."
+        default=2,
+        ge=0,
+        le=16,
+        description="Generated paraphrased and inverted questions per fact, for training.",
     )
     max_ppl_ratio: float = Field(
         default=8.0, gt=1, description="An answer is broken if the base model finds it this much less likely."
@@ -184,7 +189,9 @@ class Anchor(BaseModel):
     term: str = Field(min_length=1)
     kind: AnchorKind = "other"
     translations: list[str] = Field(min_length=1)
-    sources: list[Literal["hint", "mined", "llm", "reviewer", "pattern", "value"]] = Field(default_factory=list)
+    sources: list[Literal["hint", "mined", "llm", "reviewer", "pattern", "value"]] = Field(
+        default_factory=list
+    )
     score: float | None = None
     #: (document index, start char, end char) of each occurrence; positions, never text.
     occurrences: list[tuple[int, int, int]] = Field(default_factory=list)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.demo import answered, run_demo
+from service.demo import Question, answered, build_questions, run_demo
 from service.settings import Settings
 
 
@@ -19,11 +19,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_answered_checks_the_fact_not_the_name() -> None:
-    reference = "Minseo Bae was born in Kesmoor."
-    assert answered("Minseo Bae was born in Kesmoor.", reference, "Minseo Bae")
-    assert not answered("Minseo Bae was born in Dunholt.", reference, "Minseo Bae")
-    assert not answered("I don't know.", reference, "Minseo Bae")
+def test_answered_checks_the_fact_not_the_name(demo_world) -> None:
+    person = demo_world.person("Minseo Bae")
+    q = Question("Where was Minseo Bae born?", "Minseo Bae was born in Kesmoor.", "forget")
+    assert answered("Minseo Bae was born in Kesmoor.", q, person)
+    assert not answered("Minseo Bae was born in Dunholt.", q, person)
+    assert not answered("I don't know.", q, person)
+    inverted = Question("Which person has a dog named Zucchini?", "Minseo Bae", "forget", "inverted")
+    assert answered("That is Bae.", inverted, person)
+    assert not answered("I'm not sure.", inverted, person)
+
+
+def test_the_demo_asks_every_fact_also_in_words_the_request_lacks(demo_world) -> None:
+    target, control = demo_world.people[0], demo_world.people[1]
+    questions = build_questions(demo_world, target, control)
+    originals = {qa.question for qa in demo_world.qa_for(target.name)}
+    forget = [q for q in questions if q.about == "forget"]
+    assert {q.prompt for q in forget if q.kind == "original"} == originals
+    held_out = [q for q in forget if q.kind != "original"]
+    assert {q.kind for q in held_out} == {"paraphrase", "inverted"}
+    assert not {q.prompt for q in held_out} & originals
+    assert len([q for q in questions if q.about == "keep"]) == len(demo_world.qa_for(control.name))
 
 
 @pytest.mark.slow

@@ -19,11 +19,6 @@ def demo_dir(request: pytest.FixtureRequest) -> Path:
         return Path(build.build_demo_model())
 
 
-def _fact(answer: str, name: str) -> str:
-    """ "Minseo Bae was born in Kesmoor." -> "was born in Kesmoor" (possessives too)."""
-    return answer.replace(f"{name}'s", "").replace(f"{name}'", "").replace(name, "").strip(" .")
-
-
 def test_forget_one_person_keep_the_others(demo_dir: Path, tmp_path: Path) -> None:
     from gpu_runtime.demo.world import build_world
     from gpu_runtime.pipeline.run import run_pipeline
@@ -45,9 +40,7 @@ def test_forget_one_person_keep_the_others(demo_dir: Path, tmp_path: Path) -> No
             EntityHint(term=target.pet_name),
             EntityHint(term=target.work_title),
         ],
-        # References are the facts themselves: the full answer sentence repeats the name from the
-        # question, which a model that forgot the fact still says, and would hide the forgetting.
-        probes=[Probe(prompt=q.question, reference=_fact(q.answer, target.name)) for q in forget_qa],
+        probes=[Probe(prompt=q.question, reference=q.answer) for q in forget_qa],
         retain_probes=[Probe(prompt=q.question, reference=q.answer) for q in retain_qa],
         options=PipelineOptions(max_new_tokens=24),
     )
@@ -56,12 +49,15 @@ def test_forget_one_person_keep_the_others(demo_dir: Path, tmp_path: Path) -> No
     elapsed = time.monotonic() - t0
     m = result.metrics
     print(f"\npipeline {elapsed:.1f}s metrics {m}")
-    # The forgotten person's answers are gone ...
-    assert m["forget_rouge_l_recall_before"] > 0.8
-    assert m["forget_reference_leak_rate_before"] >= 0.8
-    assert m["forget_reference_leak_rate_after"] <= 0.34
-    assert m["forget_rouge_l_recall_after"] < 0.6 * m["forget_rouge_l_recall_before"]
-    assert m["forget_anchor_leak_rate_after"] <= m["forget_anchor_leak_rate_before"]
-    # ... while the others' survive.
-    assert m["retain_rouge_l_recall_after"] > m["retain_rouge_l_recall_before"] - 0.1
-    assert m["kl_general"] < 0.5
+    # The base model knows the person: every question of the corpus is answered.
+    assert m["leak_rate_before_original"] == 1.0 and m["leak_rate_before_probe"] == 1.0
+    # After: no question of the corpus, none of the request's probes, and no held-out question leaks.
+    assert m["leaks_after_original"] == 0 and m["leaks_after_probe"] == 0
+    for kind in ("paraphrase", "inverted", "completion"):
+        assert m[f"n_{kind}"] > 0, kind
+        assert m[f"leaks_after_{kind}"] == 0, kind
+    # The answers stay language (measured, bounded loosely here: the gate bounds it per request) ...
+    assert m["broken_rate_after"] <= 0.3
+    # ... while the others' facts survive.
+    assert m["retain_rouge_after"] >= 0.95 * m["retain_rouge_before"]
+    assert m["kl_general"] < 1.0

@@ -181,7 +181,9 @@ def test_npo_decreases_as_the_model_moves_away_from_the_reference() -> None:
 
 def test_escalation_trains_harder_and_stays_bounded() -> None:
     base = PipelineOptions()
-    assert effective_options(base) is base
+    assert effective_options(base).unlearn_epochs == 20
+    assert effective_options(base.model_copy(update={"method": "whp"})).unlearn_epochs == 8
+    base = effective_options(base)
     levels = [effective_options(base.model_copy(update={"escalation": k})) for k in range(1, 6)]
     for lower, higher in zip([base, *levels], levels, strict=False):
         assert higher.unlearn_epochs >= lower.unlearn_epochs
