@@ -418,6 +418,7 @@ def evaluate(
         [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
     )
     kinds = [k for k in KINDS if by_kind[k]]
+    report["empty_kinds"] = [k for k in KINDS if not by_kind[k]]
     for i, kind in enumerate(kinds):
         rep.check()
         rep(0.05 + 0.6 * i / max(1, len(kinds)), f"{kind} probes ({len(by_kind[kind])})")
@@ -508,6 +509,12 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         n_all += section["after"]["n"]
         broken_before += section["before"]["broken"]
         broken_after += section["after"]["broken"]
+    for kind in report.get("empty_kinds", []):
+        # Nothing of this kind to ask (no probes given, say): zero questions, zero leaks. The gate
+        # judges coverage itself; a missing number would read as a failed measurement.
+        s[f"n_{kind}"] = 0
+        s[f"leaks_after_{kind}"] = 0
+        s[f"leaks_before_{kind}"] = 0
     if n_all:
         s["broken_rate_before"] = broken_before / n_all
         s["broken_rate_after"] = broken_after / n_all

@@ -130,8 +130,10 @@ def decide(metrics: Mapping[str, Any], thresholds: AcceptanceThresholds | None =
         assert leaks is not None
         if not _le(leaks, t.max_original_leaks):
             fail(check, leaks, t.max_original_leaks)
-    # A request may come without probes; the corpus's own questions must have been asked.
-    if _number(metrics, "n_original") == 0:
+    # A request may come without probes; the corpus itself must have been asked something: its
+    # questions, or (a corpus of documents only) completions of its own sentences.
+    n_original = _number(metrics, "n_original")
+    if n_original is not None and n_original + (_number(metrics, "n_completion") or 0) == 0:
         fail("original_coverage", 0.0, 1.0)
 
     # Held-out kinds pooled: the small per-kind counts would make per-kind rates jumpy.

@@ -120,7 +120,9 @@ def test_missing_metrics_fail_closed() -> None:
 
 
 def test_nothing_measured_is_not_a_pass() -> None:
-    assert checks(passing(n_original=0)) == ["original_coverage"]
+    assert checks(passing(n_original=0, n_completion=0, leaks_after_completion=0)) == ["original_coverage"]
+    # a corpus of documents only: its own sentences' completions were asked
+    assert checks(passing(n_original=0)) == []
     empty = passing(n_paraphrase=0, n_inverted=0, n_completion=0)
     assert checks(empty) == ["heldout_leak_rate"]
     # A request without probes of its own is fine: the corpus's questions are still asked.
