@@ -248,3 +248,43 @@ def npo_loss(
 
 def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def contrast_sequences(
+    spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, baseline: Any, max_new_tokens: int = 24
+) -> list[list[int]]:
+    """The corpus's questions about *other* people (the subject's name swapped for its generic
+    translations) with the baseline's own answers: kept close to the baseline (retain KL), so the
+    abstention is learned for the subject only, not for every question about a person."""
+    from .probes import subject_names
+    from .translate import tokenize_document
+
+    names = set(subject_names(spec, anchors))
+    swaps = [a for a in anchors if a.term in names and a.translations]
+    if not swaps:
+        return []
+    dev = next(baseline.parameters()).device
+    out = []
+    for i, qa in enumerate(spec.qa_pairs):
+        for k in range(max(1, len(swaps[0].translations))):
+            question = _replace_terms(
+                qa.question, {a.term: a.translations[k % len(a.translations)] for a in swaps}
+            )
+            if question == qa.question:
+                continue
+            from .models import chat_prompt
+
+            ids = tokenize_document(tokenizer, chat_prompt(tokenizer, question)).ids
+            gen = baseline.generate(
+                input_ids=torch.tensor([ids], device=dev),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            out.append(gen[0].tolist())
+        if i >= 63:
+            break
+    return out

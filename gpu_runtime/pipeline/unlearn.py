@@ -107,7 +107,7 @@ def unlearn_input_hash(
     return hash_json(
         {
             "stage": STAGE,
-            "v": 3,
+            "v": 4,
             "targets": targets_hash,
             "anchors": anchors_hash,
             "excluded": excluded,
@@ -138,6 +138,7 @@ def unlearn(
     from .objective import (
         QAItem,
         answer_ce,
+        contrast_sequences,
         effective_options,
         npo_loss,
         pad_answers,
@@ -190,6 +191,9 @@ def unlearn(
         with model.disable_adapter():
             retain = general_samples(model, tokenizer, o.general_samples, 64, o.seed)
         retain_source = "baseline_samples"
+    if use_answers:
+        with model.disable_adapter():
+            retain += contrast_sequences(spec, load_anchors(work).anchors, tokenizer, model)
     retain = [r for r in retain if len(r) >= 2]
     rep(0.05, f"{len(forget)} forget block(s), {len(items)} question(s), {len(retain)} retain block(s)")
     rng = random.Random(o.seed)
