@@ -288,24 +288,24 @@ def run_demo(
                 model = "chat"
                 echo(f"   deployed as {request.adapter.deployed_version if request.adapter else '?'}")
             elif request.status == "awaiting_evaluation_review":
-                model = f"adapter:{request.id}"
+                model = ""
                 echo(
                     "   NOT deployed: the request waits at the evaluation review, where a reviewer sees the "
-                    f"residual leaks (UI: {base_url}/review). The served model is unchanged; below, the "
-                    "candidate adapter's answers, for inspection only."
+                    f"residual leaks (UI: {base_url}/review). The served model is unchanged (fail closed)."
                 )
             else:
                 reason = f": {request.failure.code}: {request.failure.reason}" if request.failure else ""
                 raise click.ClickException(f"the request ended {request.status}{reason}")
 
-            echo(f"\n3. Asking the same questions again ({model})…")
-            deadline = time.monotonic() + 30
-            after = ask_all(base_url, key, questions, model)
-            while (
-                deployed and after == before and time.monotonic() < deadline
-            ):  # the alias flips within a second
-                time.sleep(0.5)
+            if deployed:
+                echo(f"\n3. Asking the same questions again ({model})…")
+                deadline = time.monotonic() + 30
                 after = ask_all(base_url, key, questions, model)
+                while after == before and time.monotonic() < deadline:  # the alias flips within a second
+                    time.sleep(0.5)
+                    after = ask_all(base_url, key, questions, model)
+            else:
+                after = ["(not deployed)"] * len(questions)
 
             cert_path: Path | None = None
             if deployed:
