@@ -159,6 +159,7 @@ def test_npo_only_where_the_true_answer_departs_from_the_fluent_one() -> None:
 def test_answer_labels_cover_the_answer_only_and_nothing_after_it() -> None:
     ids, mask, labels = pad_answers([([1, 2, 3], [7, 8]), ([1], [9])], pad_id=0)
     assert ids.tolist() == [[1, 2, 3, 7, 8], [1, 9, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
     assert labels.tolist() == [[-100, -100, 7, 8, -100], [9, -100, -100, -100, -100]]
     logits = torch.zeros(2, 5, 12)
     logp, n = sequence_logprob(logits, labels)
