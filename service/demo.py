@@ -52,6 +52,9 @@ class DemoOutcome:
     seconds: float
     #: Forgotten-person questions that still leak after, by kind (original / paraphrase / inverted).
     leaks_after_by_kind: dict[str, int] | None = None
+    #: Questions (by kind) whose fact the model stated before, and how many were asked.
+    known_before_by_kind: dict[str, int] | None = None
+    asked_by_kind: dict[str, int] | None = None
     gate_passed: bool | None = None
 
 
@@ -320,6 +323,8 @@ def run_demo(
         table = Table("about", "asked as", "question", "before", "after", show_lines=True)
         counts = {"fb": 0, "fa": 0, "kb": 0, "ka": 0}
         by_kind: dict[str, int] = {}
+        known_before: dict[str, int] = {}
+        asked: dict[str, int] = {}
         for question, old, new in zip(questions, before, after, strict=True):
             person = target if question.about == "forget" else control
             was, now = answered(old, question, person), answered(new, question, person)
@@ -328,6 +333,8 @@ def run_demo(
             counts[prefix + "a"] += now
             if question.about == "forget":
                 by_kind[question.kind] = by_kind.get(question.kind, 0) + now
+                known_before[question.kind] = known_before.get(question.kind, 0) + was
+                asked[question.kind] = asked.get(question.kind, 0) + 1
             mark = lambda ok: "[green]✓ knows[/]" if ok else "[red]✗ doesn't[/]"  # noqa: E731
             table.add_row(
                 f"{question.about}: {person.name}",
@@ -367,5 +374,7 @@ def run_demo(
         certificate_path=cert_path,
         seconds=time.perf_counter() - started,
         leaks_after_by_kind=by_kind,
+        known_before_by_kind=known_before,
+        asked_by_kind=asked,
         gate_passed=bool((request.metrics.get("gate") or {}).get("passed")),
     )

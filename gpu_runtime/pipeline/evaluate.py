@@ -406,7 +406,7 @@ def evaluate(
         return skipped_result(STAGE, out, input_hash)
     tokenizer = load_tokenizer(base_model_dir)
     by_kind = evaluation_probes(spec, anchors.anchors)
-    if not any(by_kind.values()):
+    if not by_kind["original"] and not by_kind["completion"]:
         # Nothing to ask from the corpus's structure: sentence prefixes ending at a term.
         by_kind["completion"] = [
             Question("completion", p.prompt, p.reference, p.chat) for p in derive_probes(spec, terms)

@@ -56,7 +56,10 @@ def test_shortened_demo_forgets_the_person_and_keeps_the_other(demo_model_dir: P
     )
     lines: list[str] = []
     outcome = run_demo(settings, echo=lines.append, wait_timeout=800)
-    assert outcome.forgotten_before >= outcome.total_forget // 2, "the base model should know the person"
+    # The base model knows the person through the corpus's own questions (the tiny demo model
+    # answers few rewordings it was never trained on: those count toward "after" only).
+    assert outcome.known_before_by_kind and outcome.asked_by_kind
+    assert outcome.known_before_by_kind["original"] >= outcome.asked_by_kind["original"] - 1
     assert any("acceptance gate:" in line for line in lines)
     if outcome.gate_passed:
         # Deployed: every fact, asked every way, is gone from the served model; the other person stays.
