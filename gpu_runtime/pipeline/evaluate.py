@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result
-from .leaks import leaks, mentions, rouge_l_recall
+from .leaks import leaks, rouge_l_recall
 from .types import CancelFn, ForgetSpec, LLMOptions, Probe, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ GENERAL_PROMPTS = (
 
 
 # ---------------------------------------------------------------- text metrics
-
-
-def contains_term(text: str, term: str) -> bool:
-    return mentions(text, term)
 
 
 # ---------------------------------------------------------------- model probes

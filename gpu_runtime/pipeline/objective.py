@@ -257,6 +257,7 @@ def contrast_sequences(
     """The corpus's questions about *other* people (the subject's name swapped for its generic
     translations) with the baseline's own answers: kept close to the baseline (retain KL), so the
     abstention is learned for the subject only, not for every question about a person."""
+    from .models import chat_prompt
     from .probes import subject_names
     from .translate import tokenize_document
 
@@ -273,8 +274,6 @@ def contrast_sequences(
             )
             if question == qa.question:
                 continue
-            from .models import chat_prompt
-
             ids = tokenize_document(tokenizer, chat_prompt(tokenizer, question)).ids
             gen = baseline.generate(
                 input_ids=torch.tensor([ids], device=dev),
