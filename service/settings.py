@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -81,6 +81,41 @@ class Settings(BaseSettings):
     )
     engine_max_tokens: int = Field(
         default=256, ge=1, description="Completion length when a request does not set max_tokens."
+    )
+    serving_backend: Literal["embedded", "openai-upstream"] = Field(
+        default="embedded",
+        description="What runs the served model: `embedded` (the engine in this process) or `openai-upstream` "
+        "(a pool of OpenAI-compatible servers, e.g. vLLM with runtime LoRA loading; see docs/serving.md).",
+    )
+    upstream_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Base URLs of the OpenAI-compatible upstreams, comma-separated "
+        "(`http://gpu1:8000,http://gpu2:8000`); required with `openai-upstream`.",
+    )
+    upstream_api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="Bearer key the upstreams expect (vLLM's `--api-key`); unset: none sent.",
+    )
+    upstream_model: str | None = Field(
+        default=None,
+        description="The base model's name on the upstreams. Unset: the first base model `/v1/models` lists.",
+    )
+    upstream_adapter_dir: str | None = Field(
+        default=None,
+        description="The adapter store (`<data_dir>/adapters`) as the upstream hosts see it, when mounted "
+        "elsewhere there. Unset: the same path as here.",
+    )
+    upstream_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait for one upstream response (a whole non-streamed answer).",
+    )
+    upstream_probe_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each upstream's `/v1/models` is probed (health, adapters held; a restarted "
+        "upstream is re-warmed then). A failed request triggers a probe at once.",
     )
     served_alias: str = Field(
         default="chat",
@@ -224,6 +259,33 @@ class Settings(BaseSettings):
     review_session_ttl_s: float = Field(
         default=8 * 3600.0, gt=0, description="How long a review UI sign-in lasts."
     )
+
+    @field_validator("upstream_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("upstream_urls", mode="after")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream URL {url!r} must start with http:// or https://")
+        return [url.rstrip("/") for url in value]
+
+    @model_validator(mode="after")
+    def _upstreams_when_needed(self) -> Settings:
+        if self.serving_backend == "openai-upstream" and self.engine != "none" and not self.upstream_urls:
+            raise ValueError(
+                "serving_backend openai-upstream needs OBLIVIATE_UPSTREAM_URLS "
+                "(comma-separated base URLs, e.g. http://gpu1:8000,http://gpu2:8000)"
+            )
+        return self
 
     @field_validator("data_dir", "model_cache_dir", "signing_key_path", mode="after")
     @classmethod

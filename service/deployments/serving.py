@@ -4,10 +4,13 @@ The database says which version each alias serves (``served_aliases``, with a ``
 grows on every change). Each replica polls it every ``reconcile_interval`` seconds, and wakes at once
 when another replica announces a change on Redis pub/sub (a lost message costs one poll). For an
 alias whose generation moved it loads the version's adapter first (hash checked), then flips the
-engine alias. A restarted replica runs one pass before it accepts requests.
+alias in the serving backend (:mod:`service.serving`: the embedded engine, or an upstream pool whose
+every healthy member must hold the version). Each pass also runs the backend's own upkeep (upstreams:
+health probes, re-warming a restarted one). A restarted replica runs one pass before it accepts requests.
 
 Fail closed: when the version the database wants cannot be loaded here (file missing on this host,
-hash mismatch, load error), the alias is taken out of the engine and answers 503 ``alias_unavailable``
+hash mismatch, load error, no upstream reachable or holding it), the alias is taken out of the backend
+and answers 503 ``alias_unavailable``
 until the load succeeds -- never the base model, never an older version, both of which still know what
 was forgotten. Until the first pass has read the database the served alias is not served either. The
 failure is logged once per transition (and once on recovery), counted in :class:`ServingMetrics`,
@@ -34,6 +37,8 @@ from sqlalchemy import select
 
 from service.core.state import Resources
 from service.deployments.models import AdapterVersion, ServedAlias
+from service.serving.backend import ServingBackend
+from service.serving.errors import AdapterError
 
 logger = logging.getLogger("obliviate.deployments")
 
@@ -75,7 +80,7 @@ class AliasView:
 class AliasFault:
     """Why this replica cannot serve the version an alias should serve."""
 
-    code: str  # not_loaded_yet | adapter_missing | hash_mismatch | load_failed
+    code: str  # not_loaded_yet | adapter_missing | hash_mismatch | load_failed | upstream_unavailable
     message: str
     version: int
     generation: int
@@ -111,12 +116,15 @@ def _bump(counter: dict[str, int], alias: str) -> None:
     counter[alias] = counter.get(alias, 0) + 1
 
 
+FAULT_CODES = {"adapter_missing", "hash_mismatch", "upstream_unavailable"}
+
+
 def fault_code(exc: BaseException) -> str:
-    """A stable code for a load failure (engine errors are imported lazily: they pull in torch)."""
-    name = type(exc).__name__
-    if name == "AdapterHashMismatch":
-        return "hash_mismatch"
-    if name == "AdapterNotFound" or isinstance(exc, FileNotFoundError):
+    """A stable code for a load failure (the backend's :class:`~service.serving.errors.AdapterError` code)."""
+    code = getattr(exc, "code", None)
+    if isinstance(exc, AdapterError) and code in FAULT_CODES:
+        return str(code)
+    if isinstance(exc, FileNotFoundError):
         return "adapter_missing"
     return "load_failed"
 
@@ -129,14 +137,16 @@ class Serving:
     """
 
     def __init__(self, resources: Resources) -> None:
+        from service.gateway.runtime import BACKEND_KEY
+
         self.resources = resources
-        self.engine: Any = resources.extras.get("engine")
+        self.backend: ServingBackend | None = resources.extras.get(BACKEND_KEY)
         self.replica_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
         self.views: dict[str, AliasView] = {}
         self.wanted: dict[str, AliasView] = {}
         self.faults: dict[str, AliasFault] = {}
         self.metrics = ServingMetrics()
-        # engine adapter id -> content sha256, for fingerprints of responses.
+        # backend adapter id -> content sha256, for fingerprints of responses.
         self.fingerprints: dict[str, str] = {}
         # Deploys, rollbacks and reconcile passes in this process run one at a time.
         self.lock = asyncio.Lock()
@@ -151,8 +161,8 @@ class Serving:
 
     @property
     def serves(self) -> bool:
-        """Whether this replica serves models at all (an intake-only replica has no engine)."""
-        return self.engine is not None
+        """Whether this replica serves models at all (an intake-only replica has no backend)."""
+        return self.backend is not None
 
     def aliases(self) -> list[str]:
         names = set(self.views) | set(self.wanted) | {self.settings.served_alias}
@@ -213,22 +223,25 @@ class Serving:
                     "attempts": fault.attempts,
                 },
             }
-        return {"replica": self.replica_id, "serves": self.serves, "aliases": out}
+        state: dict[str, Any] = {"replica": self.replica_id, "serves": self.serves, "aliases": out}
+        if self.backend is not None:
+            state["backend"] = self.backend.health()
+        return state
 
     def fingerprint_of(self, engine_adapter: str | None) -> str:
         return fingerprint(self.fingerprints.get(engine_adapter) if engine_adapter else None)
 
     async def load(self, engine_id: str, path: str | Path, sha256: str) -> None:
-        """Load an adapter into the engine (no-op when already loaded); the engine checks the hash."""
-        if self.engine is None:
+        """Load an adapter into the backend (no-op when already loaded); the backend checks the hash."""
+        if self.backend is None:
             return
-        await self.engine.aload_adapter(engine_id, path, sha256)
+        await self.backend.load_adapter(engine_id, path, sha256)
         self.fingerprints[engine_id] = sha256
 
     def flip(self, view: AliasView) -> None:
-        """Point the engine alias at the view's adapter (atomic in the engine) and record the view."""
-        if self.engine is not None:
-            self.engine.set_alias(view.alias, view.engine_id)
+        """Point the backend's alias at the view's adapter (atomic there) and record the view."""
+        if self.backend is not None:
+            self.backend.set_alias(view.alias, view.engine_id)
         self.views[view.alias] = view
         wanted = self.wanted.get(view.alias)
         if wanted is None or wanted.generation <= view.generation:
@@ -248,9 +261,9 @@ class Serving:
         """Fail closed: the wanted version cannot be loaded, so the alias serves nothing here."""
         alias = view.alias
         self.views.pop(alias, None)
-        if self.engine is not None:
-            with contextlib.suppress(Exception):  # not (or no longer) an engine alias
-                self.engine.remove_alias(alias)
+        if self.backend is not None:
+            with contextlib.suppress(Exception):  # not (or no longer) an alias there
+                self.backend.remove_alias(alias)
         code = fault_code(exc)
         _bump(self.metrics.load_failures_total, alias)
         previous = self.faults.get(alias)
@@ -258,7 +271,7 @@ class Serving:
         delay = min(MAX_RETRY_S, float(self.settings.reconcile_interval) * 2 ** min(attempts - 1, 10))
         fault = AliasFault(
             code=code,
-            # The engine's messages name ids, paths and hashes, never corpus text.
+            # The backend's messages name ids, paths, hashes and upstream URLs, never corpus text.
             message=f"{type(exc).__name__}: {exc}"[:500],
             version=view.version,
             generation=view.generation,
@@ -307,6 +320,13 @@ class Serving:
 
     async def reconcile_once(self) -> int:
         """Converge on the database; returns how many aliases changed here."""
+        if self.backend is not None:
+            try:
+                await self.backend.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # upkeep must not stop the aliases from converging
+                logger.warning("serving backend upkeep failed: %s", type(exc).__name__)
         desired = await self.desired()
         if not any(v.alias == self.settings.served_alias for v in desired):
             # No row yet: the served alias serves the base model (nothing was ever deployed).
@@ -319,6 +339,8 @@ class Serving:
                     self.wanted[view.alias] = view
                 current = self.views.get(view.alias)
                 if current is not None and current.generation >= view.generation:
+                    if self._unservable(current):
+                        changed += 1
                     continue
                 fault = self.faults.get(view.alias)
                 if (
@@ -333,6 +355,13 @@ class Serving:
         self.passes += 1
         return changed
 
+    def _unservable(self, view: AliasView) -> bool:
+        """Fail closed when the backend lost what an alias serves (every upstream down, or none holds it)."""
+        if self.backend is None or self.backend.can_serve(view.engine_id):
+            return False
+        self.block(view, AdapterError(_no_upstream(view), code="upstream_unavailable"))
+        return True
+
     async def _apply(self, view: AliasView) -> bool:
         if view.engine_id is not None and view.path is not None and view.sha256 is not None:
             try:
@@ -342,6 +371,8 @@ class Serving:
             except Exception as exc:  # fail closed: serve nothing for this alias, retry with back-off
                 self.block(view, exc)
                 return False
+        if self._unservable(view):
+            return False
         self.flip(view)
         logger.info(
             "alias %s now serves version %s (generation %s)", view.alias, view.version, view.generation
@@ -465,6 +496,11 @@ class Serving:
                 self.auto_refused.add(rid)
                 logger.warning("auto-deploy of %s refused: %s", rid, exc.code)
         return deployed
+
+
+def _no_upstream(view: AliasView) -> str:
+    what = f"version {view.version}" if view.version else "the base model"
+    return f"no serving upstream can answer for alias {view.alias} ({what})"
 
 
 def view_of(alias_row: ServedAlias, version_row: AdapterVersion | None) -> AliasView:

@@ -1,9 +1,10 @@
 """``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``: the OpenAI wire format.
 
-Streaming answers are server-sent events. A request is queued in the engine before the response
-starts, so queue-full (429 + Retry-After), unknown model (404) and bad parameters (400) are ordinary
-error responses, not broken streams. If the client goes away mid-stream the engine request is
-cancelled and its batch slot frees at the next step.
+The model runs on the replica's serving backend (:mod:`service.serving`: the embedded engine or an
+OpenAI-compatible upstream pool). Streaming answers are server-sent events. A request is queued in the
+backend before the response starts, so queue-full (429 + Retry-After), unknown model (404), bad
+parameters (400) and an alias no upstream can serve (503) are ordinary error responses, not broken
+streams. If the client goes away mid-stream the backend request is cancelled.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from service.gateway import limits
 from service.gateway import openai_format as fmt
 from service.gateway.errors import ModelNotFound, map_engine_error
 from service.gateway.names import ADAPTER_PREFIX, Target, can_use_base, resolve
-from service.gateway.runtime import BASE_MODEL_NAME, get_engine
-from service.gateway.schemas import ChatCompletionBody, CompletionBody, Sampling, parse_body, sampling_of
+from service.gateway.runtime import BASE_MODEL_NAME, get_backend
+from service.gateway.schemas import ChatCompletionBody, CompletionBody, parse_body, sampling_of
+from service.serving import errors as serving_errors
+from service.serving.backend import ServingBackend
+from service.serving.types import Prompt
 
 logger = logging.getLogger("obliviate.gateway")
 
@@ -96,22 +100,6 @@ def _check_text(text: str, param: str | None) -> None:
         ) from None
 
 
-def _engine_request(prompt: str | list[int], target: Target, sampling: Sampling) -> Any:
-    from gpu_runtime.engine import GenerationRequest
-
-    return GenerationRequest(
-        prompt=prompt,
-        model=target.engine_name,
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        seed=sampling.seed,
-        stop=sampling.stop,
-        logprobs=sampling.logprobs,
-        top_logprobs=sampling.top_logprobs,
-    )
-
-
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["OpenAI-compatible"]
@@ -127,15 +115,15 @@ class OpenAIController(Controller):
         body = parse_body(ChatCompletionBody, await _json_body(request))
         messages = body.chat_messages()
         _cap_prompt(resources, sum(len(m["content"]) for m in messages), "messages")
-        engine = get_engine(resources)
+        backend = get_backend(resources)
         target = await resolve(resources, principal, body.model)
         await limits.admit_request(resources, principal.tenant)
         try:
             # Off the event loop: a long prompt must not stall every other request and /health/live.
-            prompt = await engine.arender_chat(messages)
+            prompt = await backend.prepare_chat(messages)
         except Exception as exc:
             raise map_engine_error(exc, model=body.model, prompt_param="messages") from None
-        return await _complete(resources, principal, engine, body, target, prompt, chat=True)
+        return await _complete(resources, principal, backend, body, target, prompt, chat=True)
 
     @post("/completions", status_code=200, summary="Text completion (OpenAI-compatible)")
     async def completions(
@@ -145,17 +133,16 @@ class OpenAIController(Controller):
         principal: NamedDependency[Principal],
     ) -> Response[Any]:
         body = parse_body(CompletionBody, await _json_body(request))
-        prompt: str | list[int] = body.single_prompt()
-        _cap_prompt(resources, len(prompt), "prompt")
-        engine = get_engine(resources)
+        raw_prompt: str | list[int] = body.single_prompt()
+        _cap_prompt(resources, len(raw_prompt), "prompt")
+        backend = get_backend(resources)
         target = await resolve(resources, principal, body.model)
         await limits.admit_request(resources, principal.tenant)
-        if isinstance(prompt, str):
-            try:
-                prompt = await engine.aencode(prompt)  # off the event loop, as for chat
-            except Exception as exc:
-                raise map_engine_error(exc, model=body.model, prompt_param="prompt") from None
-        return await _complete(resources, principal, engine, body, target, prompt, chat=False)
+        try:
+            prompt = await backend.prepare_text(raw_prompt)  # off the event loop, as for chat
+        except Exception as exc:
+            raise map_engine_error(exc, model=body.model, prompt_param="prompt") from None
+        return await _complete(resources, principal, backend, body, target, prompt, chat=False)
 
     @get("/models", summary="Models this key may use, with lineage")
     async def list_models(
@@ -192,31 +179,32 @@ def _cap_prompt(resources: Resources, size: int, param: str) -> None:
 async def _submit(
     resources: Resources,
     principal: Principal,
-    engine: Any,
+    backend: ServingBackend,
     body: Any,
     target: Target,
-    prompt: Any,
+    prompt: Prompt,
     stream: bool,
 ) -> tuple[Any, Target]:
     prompt_param = "messages" if isinstance(body, ChatCompletionBody) else "prompt"
     sampling = sampling_of(body)
     for attempt in range(2):
         try:
-            request = _engine_request(prompt, target, sampling)
             if stream:
-                return await engine.stream(request), target
-            return await engine.generate(request), target
+                return await backend.stream(prompt, target.engine_name, sampling), target
+            return await backend.generate(prompt, target.engine_name, sampling), target
         except ServiceError:
             raise
         except Exception as exc:
-            from gpu_runtime.engine import UnknownModel
-
-            if isinstance(exc, UnknownModel) and target.public == target.engine_name:
-                # An alias taken out of the engine since it was resolved (its version cannot be loaded
+            unknown = isinstance(exc, serving_errors.UnknownModel)
+            lost = isinstance(exc, serving_errors.AliasUnavailable)
+            if lost:
+                get_serving(resources).wake.set()  # converge now: re-warm, or mark the alias unavailable
+            if (unknown or lost) and target.public == target.engine_name:
+                # An alias taken out of the backend since it was resolved (its version cannot be loaded
                 # here): 503 alias_unavailable, as for requests that arrive after.
                 get_serving(resources).check_servable(target.public)
             # A request adapter can be evicted (LRU) between loading and queueing: load it again once.
-            if isinstance(exc, UnknownModel) and target.public.startswith(ADAPTER_PREFIX) and attempt == 0:
+            if unknown and target.public.startswith(ADAPTER_PREFIX) and attempt == 0:
                 get_serving(resources).fingerprints.pop(target.engine_name, None)
                 target = await resolve(resources, principal, target.public)
                 continue
@@ -227,10 +215,10 @@ async def _submit(
 async def _complete(
     resources: Resources,
     principal: Principal,
-    engine: Any,
+    backend: ServingBackend,
     body: ChatCompletionBody | CompletionBody,
     target: Target,
-    prompt: Any,
+    prompt: Prompt,
     *,
     chat: bool,
 ) -> Response[Any]:
@@ -238,7 +226,7 @@ async def _complete(
     sampling = sampling_of(body)
     want_logprobs = sampling.logprobs
     completion_cap = sampling.max_tokens or int(resources.settings.engine_max_tokens)
-    reservation = await limits.reserve_tokens(resources, principal.tenant, len(prompt) + completion_cap)
+    reservation = await limits.reserve_tokens(resources, principal.tenant, prompt.size + completion_cap)
     flights = limits.in_flight(resources)
     try:
         flights.acquire(principal.tenant, int(resources.settings.gateway_max_in_flight_per_tenant))
@@ -247,13 +235,13 @@ async def _complete(
         raise
     if not body.stream:
         try:
-            result, target = await _submit(resources, principal, engine, body, target, prompt, stream=False)
+            result, target = await _submit(resources, principal, backend, body, target, prompt, stream=False)
         except BaseException:
             await reservation.settle(0)
             raise
         finally:
             flights.release(principal.tenant)
-        await reservation.settle(len(prompt) + int(result.usage.completion_tokens))
+        await reservation.settle(int(result.usage.prompt_tokens) + int(result.usage.completion_tokens))
         build = fmt.chat_completion if chat else fmt.text_completion
         return Response(
             build(
@@ -265,7 +253,7 @@ async def _complete(
             )
         )
     try:
-        tokens, target = await _submit(resources, principal, engine, body, target, prompt, stream=True)
+        tokens, target = await _submit(resources, principal, backend, body, target, prompt, stream=True)
     except BaseException:
         flights.release(principal.tenant)
         await reservation.settle(0)
@@ -278,7 +266,7 @@ async def _complete(
         want_logprobs=want_logprobs,
     )
     release = _Once(functools.partial(flights.release, principal.tenant))
-    events = _events(tokens, writer, reservation, len(prompt), release)
+    events = _events(tokens, writer, reservation, prompt.size, release)
     # A stream whose body is never iterated (the client left before it started) runs no ``finally``:
     # when the generator is collected, stop its generation and give the tenant's in-flight slot back.
     weakref.finalize(events, _abandon, tokens, release)

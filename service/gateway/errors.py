@@ -1,10 +1,11 @@
-"""Engine errors → the service's error tree (and so the OpenAI envelope with the right status)."""
+"""Serving backend errors → the service's error tree (and so the OpenAI envelope with the right status)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 from service.core.errors import BadRequest, Conflict, NotFound, RateLimited, ServiceError, Unavailable
+from service.serving import errors as B
 
 
 class ModelNotFound(NotFound):
@@ -26,7 +27,7 @@ class EngineFailure(ServiceError):
 
 
 def _param_of(message: str, default: str | None) -> str | None:
-    # Engine messages start with "<param>: ..." when they are about one parameter.
+    # Backend messages start with "<param>: ..." when they are about one parameter.
     head, sep, _ = message.partition(":")
     if sep and head.isidentifier():
         return head
@@ -34,35 +35,52 @@ def _param_of(message: str, default: str | None) -> str | None:
 
 
 def map_engine_error(exc: Exception, *, model: str, prompt_param: str) -> ServiceError:
-    """The ServiceError to answer for ``exc`` raised by the engine (imported lazily: it pulls in torch)."""
-    from gpu_runtime.engine import errors as E
-
+    """The ServiceError to answer for ``exc`` raised by the serving backend (:mod:`service.serving.errors`)."""
+    if isinstance(exc, ServiceError):
+        return exc
     message = str(exc)
-    if isinstance(exc, E.QueueFull):
+    if isinstance(exc, B.Overloaded):
         return RateLimited(
             "The model is at capacity; retry after the time in Retry-After",
             retry_after=exc.retry_after,
             code="rate_limit_exceeded",
         )
-    if isinstance(exc, E.UnknownModel):
+    if isinstance(exc, B.UnknownModel):
         return ModelNotFound(model)
-    if isinstance(exc, E.ContextLengthExceeded):
+    if isinstance(exc, B.ContextTooLong):
         return BadRequest(message, param=prompt_param, code="context_length_exceeded")
-    if isinstance(exc, E.InvalidRequest):
-        param = _param_of(message, None)
+    if isinstance(exc, B.InvalidInput):
+        param = exc.param or _param_of(message, None)
         if param == "prompt":
             param = prompt_param
         return BadRequest(message, param=param, code="invalid_value")
-    if isinstance(exc, E.EngineNotRunning):
-        return Unavailable("The model is not loaded yet or is shutting down", code="engine_unavailable")
-    if isinstance(exc, E.AdapterCapacityError):
+    if isinstance(exc, B.AliasUnavailable):
+        # Fail closed, as the embedded path: never another version or the base model instead.
         return Unavailable(
-            "Every adapter slot is busy; retry shortly", retry_after=1.0, code="adapter_capacity"
+            f"The model '{model}' is unavailable: {exc.reason}. It will not answer with another version; "
+            "retry later or contact the operator.",
+            param="model",
+            code="alias_unavailable",
+            retry_after=exc.retry_after,
         )
-    if isinstance(exc, E.AdapterHashMismatch | E.AdapterConflict):
-        return Conflict(message, code="adapter_integrity")
-    if isinstance(exc, E.AdapterNotFound | E.AdapterFormatError):
-        return Conflict(
-            f"The adapter of model '{model}' cannot be loaded: {message}", code="adapter_unavailable"
-        )
+    if isinstance(exc, B.BackendUnavailable):
+        return Unavailable("The model is not loaded yet or is shutting down", code="engine_unavailable")
+    if isinstance(exc, B.AdapterError):
+        if exc.code == "adapter_capacity":
+            return Unavailable(
+                "Every adapter slot is busy; retry shortly", retry_after=1.0, code="adapter_capacity"
+            )
+        if exc.code in ("hash_mismatch", "adapter_conflict"):
+            return Conflict(message, code="adapter_integrity")
+        if exc.code in ("adapter_missing", "adapter_format"):
+            return Conflict(
+                f"The adapter of model '{model}' cannot be loaded: {message}", code="adapter_unavailable"
+            )
+        if exc.code == "upstream_unavailable":
+            return Unavailable(
+                f"No serving upstream can load the adapter of model '{model}' now; retry shortly",
+                retry_after=2.0,
+                code="upstream_unavailable",
+            )
+        return EngineFailure(f"The adapter of model '{model}' failed to load", code="adapter_load_failed")
     return EngineFailure("The model failed to answer this request", code="engine_error")

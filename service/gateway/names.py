@@ -70,7 +70,7 @@ async def resolve(
 async def ensure_request_adapter(
     resources: Resources, serving: Serving, principal: Principal, request_id: str
 ) -> str:
-    """Load a request's own adapter into the engine on first use (immutable store copy, hash checked)."""
+    """Load a request's own adapter into the serving backend on first use (immutable store copy, hash checked)."""
     public = ADAPTER_PREFIX + request_id
     async with resources.sessionmaker() as session:
         row = await session.get(ForgetRequest, request_id)
@@ -99,10 +99,5 @@ async def ensure_request_adapter(
 
 
 def _loaded(serving: Serving, engine_id: str) -> bool:
-    if serving.engine is None:
-        return True
-    try:
-        serving.engine.resolve(engine_id)
-    except Exception:  # evicted (LRU) since we last loaded it
-        return False
-    return True
+    # False once the backend evicted it (LRU) since we last loaded it.
+    return serving.backend is None or serving.backend.is_loaded(engine_id)

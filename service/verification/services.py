@@ -1,7 +1,7 @@
 """Run a verification: each prompt on the "before" and "after" models, leak flags, reference probabilities.
 
 Answers are greedy (temperature 0) so a verification is reproducible; both models run concurrently
-and the engine batches them. Prompts and answers are returned to the caller and never logged.
+on the serving backend (the embedded engine batches them). Prompts and answers are returned to the caller and never logged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from service.core.state import Resources
 from service.forget import service as forget_service
 from service.gateway.errors import map_engine_error
 from service.gateway.names import ADAPTER_PREFIX, Target, resolve
-from service.gateway.runtime import BASE_MODEL_NAME, get_engine
+from service.gateway.runtime import BASE_MODEL_NAME, get_backend
+from service.serving import Params, ServingBackend
 from service.verification import ratelimit
 from service.verification.schemas import VerificationBody
 
@@ -40,23 +41,18 @@ class Case:
     source: str = "ad_hoc"  # or "probe"
 
 
-async def _answer_and_score(engine: Any, target: Target, case: Case, max_tokens: int) -> dict[str, Any]:
-    from gpu_runtime.engine import GenerationRequest
-
-    prompt_ids = engine.render_chat([{"role": "user", "content": case.prompt}])
+async def _answer_and_score(
+    backend: ServingBackend, target: Target, case: Case, max_tokens: int
+) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": case.prompt}]
     try:
-        result = await engine.generate(
-            GenerationRequest(
-                prompt=prompt_ids, model=target.engine_name, max_tokens=max_tokens, temperature=0.0
-            )
+        prompt = await backend.prepare_chat(messages)
+        result = await backend.generate(
+            prompt, target.engine_name, Params(max_tokens=max_tokens, temperature=0.0)
         )
         scores: list[float] | None = None
         if case.reference:
-            ref_ids = [
-                int(t) for t in engine.tokenizer(case.reference, add_special_tokens=False)["input_ids"]
-            ]
-            if ref_ids:
-                scores = await engine.ascore(target.engine_name, prompt_ids, ref_ids)
+            scores = await backend.score(target.engine_name, messages, case.reference)
     except ServiceError:
         raise
     except Exception as exc:
@@ -123,7 +119,7 @@ async def verify(resources: Resources, principal: Principal, body: VerificationB
             f"At most {settings.verification_max_prompts} prompts per verification, got {len(cases)}",
             param="prompts",
         )
-    engine = get_engine(resources)
+    backend = get_backend(resources)
     before_name = body.before or BASE_MODEL_NAME
     after_name = body.after or (
         ADAPTER_PREFIX + body.request_id if body.request_id is not None else settings.served_alias
@@ -138,8 +134,8 @@ async def verify(resources: Resources, principal: Principal, body: VerificationB
         resources.arq, principal.tenant, len(cases), settings.verification_prompts_per_minute
     )
     started = time.perf_counter()
-    befores = await asyncio.gather(*(_answer_and_score(engine, before, c, body.max_tokens) for c in cases))
-    afters = await asyncio.gather(*(_answer_and_score(engine, after, c, body.max_tokens) for c in cases))
+    befores = await asyncio.gather(*(_answer_and_score(backend, before, c, body.max_tokens) for c in cases))
+    afters = await asyncio.gather(*(_answer_and_score(backend, after, c, body.max_tokens) for c in cases))
     results = [
         {
             "prompt": case.prompt,
