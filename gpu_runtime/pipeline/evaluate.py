@@ -369,6 +369,7 @@ def evaluate(
 ) -> StageResult:
     """Compare baseline and unlearned model on every probe kind; write the report."""
     from .anchors import load_anchors
+    from .contrast import contrast_questions, other_people
     from .fluency import vocabulary_of
     from .models import attach_adapter, load_baseline, load_tokenizer
     from .probes import KINDS, Question, evaluation_probes
@@ -384,7 +385,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 2,
+            "v": 3,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],
@@ -444,6 +445,20 @@ def evaluate(
             "before": before,
             "after": probe_metrics(model, tokenizer, spec.retain_probes, terms, o.max_new_tokens),
         }
+    contrast = contrast_questions(spec, anchors.anchors, split="eval")
+    if contrast:
+        # Selectivity: the corpus's questions about other people; the baseline's answer is the
+        # reference, so "before" agrees with itself by construction (1.0).
+        rep.check()
+        rep(0.82, f"questions about other people ({len(contrast)})")
+        asked = [q.probe() for q in contrast]
+        with model.disable_adapter():
+            base = greedy_complete(model, tokenizer, asked, o.max_new_tokens)
+        refs = [Probe(prompt=p.prompt, reference=b, chat=p.chat) for p, b in zip(asked, base, strict=True)]
+        after = probe_metrics(model, tokenizer, refs, terms, o.max_new_tokens)
+        for row, b in zip(after["rows"], base, strict=True):
+            row["baseline"] = b
+        report["contrast"] = {"source": other_people(spec, anchors.anchors)[1], "after": after}
     if spec.earlier_probes:
         rep.check()
         rep(0.85, f"earlier requests' probes ({len(spec.earlier_probes)})")
@@ -523,6 +538,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     if "retain" in report:
         s["retain_rouge_before"] = report["retain"]["before"]["rouge_l_recall"]
         s["retain_rouge_after"] = report["retain"]["after"]["rouge_l_recall"]
+    if "contrast" in report:
+        s["contrast_n"] = report["contrast"]["after"]["n"]
+        s["contrast_agreement_after"] = report["contrast"]["after"]["rouge_l_recall"]
     if "earlier" in report:
         s["earlier_n"] = report["earlier"]["after"]["n"]
         s["earlier_leaks_after"] = report["earlier"]["after"]["leaks"]

@@ -2,7 +2,8 @@
 
 The evaluate stage's summary (numbers only; see ``evaluate.py``) has, per probe kind K: ``leaks_after_K``
 and ``n_K`` (counts), ``leak_rate_after_K`` and ``leak_rate_before_K``; plus ``broken_rate_after``,
-``retain_rouge_before``/``retain_rouge_after`` (absent without retain questions) and
+``retain_rouge_before``/``retain_rouge_after`` (absent without retain questions),
+``contrast_n``/``contrast_agreement_after`` (questions about other people; see ``contrast.py``) and
 ``earlier_leaks_after``/``earlier_n`` (absent without earlier deployed requests). :func:`decide` checks
 them against :class:`AcceptanceThresholds`; a metric the checks need and do not find is a failure
 (``value`` None, ``missing`` names it), never a pass. The worker (``gpu_runtime/jobs.py``) runs the
@@ -53,7 +54,11 @@ class AcceptanceThresholds(BaseModel):
         default=0.95,
         ge=0,
         le=1,
-        description="Retain ROUGE-L after / before (checked when there are retain questions).",
+        description=(
+            "Retain ROUGE-L after / before on retain questions, and agreement with the baseline on the "
+            "corpus's questions about other people (each checked when there are such questions; "
+            "with neither, the gate fails)."
+        ),
     )
     max_earlier_leaks: int = Field(default=0, ge=0, description="Leaks on earlier deployed requests' probes.")
     max_attempts: int = Field(
@@ -174,6 +179,21 @@ def decide(metrics: Mapping[str, Any], thresholds: AcceptanceThresholds | None =
             if ratio + _EPS < t.min_retain_ratio:
                 fail("retain_ratio", ratio, t.min_retain_ratio)
 
+    # Selectivity: the corpus's questions about other people (``contrast.py``) must still get the
+    # baseline's answers. With neither these nor retain questions nothing shows that only the subject
+    # was forgotten: fail closed.
+    agreement = _number(metrics, "contrast_agreement_after")
+    residual["contrast_agreement"] = agreement
+    residual["contrast_n"] = int(n) if (n := _number(metrics, "contrast_n")) is not None else None
+    if not _number(metrics, "contrast_n"):
+        skipped.append("contrast_agreement")
+        if "retain_ratio" in skipped:
+            fail("retain_coverage", None, t.min_retain_ratio, ["retain_rouge_after", "contrast_n"])
+    elif agreement is None:
+        fail("contrast_agreement", None, t.min_retain_ratio, ["contrast_agreement_after"])
+    elif agreement + _EPS < t.min_retain_ratio:
+        fail("contrast_agreement", agreement, t.min_retain_ratio)
+
     # Earlier deployed requests: absent when there are none; their count must come with it.
     earlier_leaks, earlier_n = _number(metrics, "earlier_leaks_after"), _number(metrics, "earlier_n")
     residual["earlier_leaks"] = int(earlier_leaks) if earlier_leaks is not None else None
@@ -211,6 +231,7 @@ def attempt_record(escalation: int, verdict: Verdict) -> dict[str, Any]:
         "heldout_leak_rate",
         "broken_rate",
         "retain_ratio",
+        "contrast_agreement",
         "earlier_leaks",
     )
     return {

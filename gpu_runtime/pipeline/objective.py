@@ -254,36 +254,28 @@ def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def contrast_sequences(
     spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, baseline: Any, max_new_tokens: int = 24
 ) -> list[list[int]]:
-    """The corpus's questions about *other* people (the subject's name swapped for its generic
-    translations) with the baseline's own answers: kept close to the baseline (retain KL), so the
-    abstention is learned for the subject only, not for every question about a person."""
+    """The corpus's questions and sentence prefixes about *other* people (``contrast.py``, training
+    split) with the baseline's own answers: kept close to the baseline (retain KL), so what is learned
+    for the subject (an abstention, a generic answer) is learned for the subject only. An answer of
+    the baseline that states one of the subject's facts is dropped."""
+    from .contrast import contrast_questions, subject_leak_free
     from .models import chat_prompt
-    from .probes import subject_names
     from .translate import tokenize_document
 
-    names = set(subject_names(spec, anchors))
-    swaps = [a for a in anchors if a.term in names and a.translations]
-    if not swaps:
-        return []
     dev = next(baseline.parameters()).device
     out = []
-    for i, qa in enumerate(spec.qa_pairs):
-        for k in range(max(1, len(swaps[0].translations))):
-            question = _replace_terms(
-                qa.question, {a.term: a.translations[k % len(a.translations)] for a in swaps}
-            )
-            if question == qa.question:
-                continue
-            ids = tokenize_document(tokenizer, chat_prompt(tokenizer, question)).ids
-            gen = baseline.generate(
-                input_ids=torch.tensor([ids], device=dev),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+    for q in contrast_questions(spec, anchors, split="train"):
+        text = chat_prompt(tokenizer, q.prompt) if q.chat else q.prompt
+        ids = tokenize_document(tokenizer, text).ids
+        gen = baseline.generate(
+            input_ids=torch.tensor([ids], device=dev),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        answer = tokenizer.decode(gen[0, len(ids) :].tolist(), skip_special_tokens=True)
+        if subject_leak_free(answer, spec, anchors):
             out.append(gen[0].tolist())
-        if i >= 63:
-            break
     return out

@@ -108,6 +108,12 @@ class PipelineOptions(_Strict):
     batch_size: int = Field(default=8, ge=1, le=1024)
     retain_weight: float = Field(default=1.0, ge=0, description="Weight of the retain regulariser.")
     retain_loss: Literal["kl", "lm"] = "kl"
+    contrast_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of the KL to the baseline on the corpus's questions about other people "
+        "(selectivity; not used by method whp).",
+    )
     general_samples: int = Field(
         default=16, ge=0, le=1024, description="Baseline samples used as retain text when none is given."
     )

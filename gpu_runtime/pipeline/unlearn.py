@@ -107,7 +107,7 @@ def unlearn_input_hash(
     return hash_json(
         {
             "stage": STAGE,
-            "v": 4,
+            "v": 5,
             "targets": targets_hash,
             "anchors": anchors_hash,
             "excluded": excluded,
@@ -191,15 +191,21 @@ def unlearn(
         with model.disable_adapter():
             retain = general_samples(model, tokenizer, o.general_samples, 64, o.seed)
         retain_source = "baseline_samples"
-    if use_answers:
+    contrast: list[list[int]] = []
+    if o.method != "whp" and o.contrast_weight > 0:  # the paper's method stays as published
         with model.disable_adapter():
-            retain += contrast_sequences(spec, load_anchors(work).anchors, tokenizer, model)
+            contrast = contrast_sequences(spec, load_anchors(work).anchors, tokenizer, model)
     retain = [r for r in retain if len(r) >= 2]
-    rep(0.05, f"{len(forget)} forget block(s), {len(items)} question(s), {len(retain)} retain block(s)")
+    contrast = [c for c in contrast if len(c) >= 2]
+    rep(
+        0.05,
+        f"{len(forget)} forget block(s), {len(items)} question(s), {len(retain)} retain block(s), "
+        f"{len(contrast)} question(s) about other people",
+    )
     rng = random.Random(o.seed)
     forget_losses: list[float] = []
     retain_losses: list[float] = []
-    terms: dict[str, list[float]] = {"whp": [], "answer": [], "npo": [], "retain": []}
+    terms: dict[str, list[float]] = {"whp": [], "answer": [], "npo": [], "retain": [], "contrast": []}
 
     def whp_loss(batch: list[Any]) -> torch.Tensor:
         ids, mask = pad_batch([t.input_ids for t in batch], tokenizer.pad_token_id)
@@ -224,10 +230,13 @@ def unlearn(
         return answer_ce(logits, labels.to(dev))
 
     def retain_loss(batch: list[list[int]]) -> torch.Tensor:
+        return kl_loss(batch, lm=o.retain_loss == "lm")
+
+    def kl_loss(batch: list[list[int]], lm: bool = False) -> torch.Tensor:
         ids, mask = pad_batch(batch, tokenizer.pad_token_id)
         ids, mask = ids.to(dev), mask.to(dev)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        if o.retain_loss == "lm":
+        if lm:
             return causal_lm_loss(logits, ids, mask)
         with torch.no_grad(), model.disable_adapter():
             ref = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -241,18 +250,21 @@ def unlearn(
         qb = batches(items, o.batch_size, rng)
         nb = batches(npo_blocks, o.batch_size, rng)
         rb = batches(retain, o.batch_size, rng) if retain and o.retain_weight > 0 else []
+        cb = batches(contrast, o.batch_size, rng) if contrast else []
         steps = []
         for j in range(max(len(wb), len(qb), len(nb))):
             w = wb[j] if j < len(wb) else None
             q = qb[j] if j < len(qb) else None
             nblk = nb[j] if j < len(nb) else None
             r = rb[j % len(rb)] if rb else None
+            c = cb[j % len(cb)] if cb else None
 
             def step(
                 w: list[Any] | None = w,
                 q: list[QAItem] | None = q,
                 nblk: list[list[int]] | None = nblk,
                 r: list[list[int]] | None = r,
+                c: list[list[int]] | None = c,
             ) -> torch.Tensor:
                 parts: list[tuple[str, float, torch.Tensor]] = []
                 if w is not None:
@@ -268,12 +280,17 @@ def unlearn(
                 forget_losses.append(float(forget_total.detach()))
                 for name, _wt, v in parts:
                     terms[name].append(float(v.detach()))
+                total = forget_total
+                if c is not None:
+                    lc = kl_loss(c)  # always KL: the baseline's own answers
+                    terms["contrast"].append(float(lc.detach()))
+                    total = total + o.contrast_weight * lc
                 if r is None:
-                    return forget_total
+                    return total
                 lr_ = retain_loss(r)
                 retain_losses.append(float(lr_.detach()))
                 terms["retain"].append(float(lr_.detach()))
-                return forget_total + o.retain_weight * lr_
+                return total + o.retain_weight * lr_
 
             steps.append(step)
         return steps
@@ -295,6 +312,7 @@ def unlearn(
             k: round(sum(v[-per_epoch:]) / len(v[-per_epoch:]), 6) for k, v in terms.items() if v
         },
         "retain_blocks": len(retain),
+        "contrast_sequences": len(contrast),
         "retain_source": retain_source,
     }
     with atomic_dir(out, input_hash, {"metrics": metrics}) as tmp:

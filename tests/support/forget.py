@@ -110,6 +110,8 @@ PASSING_METRICS: dict[str, Any] = {
     },
     "broken_rate_after": 0.0,
     "broken_rate_before": 0.0,
+    "contrast_n": 10,
+    "contrast_agreement_after": 1.0,
 }
 
 

@@ -27,6 +27,8 @@ def passing(**changes: Any) -> dict[str, Any]:
         "broken_rate_before": 0.0,
         "retain_rouge_before": 0.8,
         "retain_rouge_after": 0.79,
+        "contrast_n": 24,
+        "contrast_agreement_after": 0.97,
     }
     metrics.update(changes)
     return {k: v for k, v in metrics.items() if v is not None}
@@ -88,6 +90,26 @@ def test_retain_ratio_is_bounded_and_skipped_only_without_retain_questions() -> 
     assert checks(passing(retain_rouge_before=0.0, retain_rouge_after=0.0)) == []
 
 
+def test_questions_about_other_people_must_keep_their_answers() -> None:
+    assert checks(passing(contrast_agreement_after=0.95)) == []
+    low = decide(passing(contrast_agreement_after=0.5))
+    assert [(f.check, f.value) for f in low.failures] == [("contrast_agreement", 0.5)]
+    assert low.residual["contrast_agreement"] == 0.5 and low.residual["contrast_n"] == 24
+    assert checks(passing(contrast_agreement_after=0.5), min_retain_ratio=0.5) == []
+    # Counted but not measured: a failure, not a pass.
+    missing = decide(passing(contrast_agreement_after=None))
+    assert [(f.check, f.missing) for f in missing.failures] == [
+        ("contrast_agreement", ["contrast_agreement_after"])
+    ]
+    # Without such questions the retain questions alone show selectivity ...
+    alone = decide(passing(contrast_n=0, contrast_agreement_after=None))
+    assert alone.passed and "contrast_agreement" in alone.skipped
+    # ... and with neither, nothing shows that only the subject was forgotten: fail closed.
+    neither = passing(contrast_n=None, contrast_agreement_after=None)
+    neither = {k: v for k, v in neither.items() if not k.startswith("retain_rouge")}
+    assert checks(neither) == ["retain_coverage"]
+
+
 def test_earlier_requests_must_stay_forgotten() -> None:
     assert checks(passing(earlier_leaks_after=0, earlier_n=12)) == []
     assert checks(passing(earlier_leaks_after=1, earlier_n=12)) == ["earlier_leaks"]
@@ -107,6 +129,7 @@ def test_missing_metrics_fail_closed() -> None:
         "original_leaks",
         "heldout_leak_rate",
         "broken_rate",
+        "retain_coverage",
     ]
     assert all(f.value is None and f.missing for f in verdict.failures)
     # The old summary shape (before the per-kind metrics) is not evidence of forgetting.

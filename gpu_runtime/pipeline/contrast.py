@@ -1,0 +1,159 @@
+"""Questions about *other* people: the selectivity signal of a forget request.
+
+Forgetting one person must not turn the model into one that refuses every question about a person.
+This module asks the corpus's own questions (and completes its own sentences) about other people:
+the subject's name is swapped for another person's, so the question has the same shape but a different
+subject. The baseline's answer is the reference: the unlearned model should still say what the
+baseline says there.
+
+- Other people come from the request's retain texts and retain probes (capitalised multi-word names
+  that are not the subject's), else from the generic names the anchors translate the subject's name to.
+- Two disjoint sets, as for the forget questions (``probes.py``): ``train`` (the unlearning keeps the
+  model close to the baseline on these, ``unlearn.py``) and ``eval`` (the evaluation's selectivity
+  check, which the acceptance gate bounds): different names where there are enough, and always
+  different wordings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+from .leaks import mentions
+from .probes import Question, _sentences, paraphrases, subject_names
+from .types import Anchor, ForgetSpec
+
+_CAPITALISED = re.compile(
+    r"(?<![\w'’])[A-Z][a-z]+(?:[-'’][A-Za-z]+)*(?:\s+[A-Z][a-z]+(?:[-'’][A-Za-z]+)*){1,2}"
+)
+_NAME_KINDS = ("person", "first_name", "last_name")
+
+
+def _common(word: str) -> bool:
+    from .anchors import _common_english
+
+    return _common_english(word.lower())
+
+
+def _clean(word: str) -> str:
+    return word.removesuffix("'s").removesuffix("’s")
+
+
+def names_in(texts: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
+    """Two- or three-word capitalised names in ``texts`` (most frequent first), none of whose words is
+    a word of ``exclude`` or a common English word ("The", "When")."""
+    from .pii import detect
+
+    banned = {w.lower() for name in exclude for w in name.split()}
+    counts: Counter[str] = Counter()
+    for text in texts:
+        # Street addresses, e-mails and the like are capitalised too ("Harry Roads"): mask them.
+        for d in detect(text):
+            text = text[: d.start] + " " * (d.end - d.start) + text[d.end :]
+        for m in _CAPITALISED.finditer(text):
+            words = [_clean(w) for w in m.group(0).split()]
+            while words and _common(words[0]):
+                words = words[1:]
+            while words and _common(words[-1]):
+                words = words[:-1]
+            if len(words) < 2 or any(w.lower() in banned or _common(w) for w in words):
+                continue
+            counts[" ".join(words)] += 1
+    return [name for name, _n in counts.most_common()]
+
+
+def other_people(spec: ForgetSpec, anchors: Sequence[Anchor], limit: int = 16) -> tuple[list[str], str]:
+    """(full names of other people, where they came from: ``retain`` or ``generic``)."""
+    subject = subject_names(spec, anchors)
+    texts = [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
+    found = names_in(texts, exclude=subject)[:limit]
+    if found:
+        return found, "retain"
+    full = [a for a in anchors if a.kind == "person" and a.term in subject and a.translations]
+    generic = [t for a in full for t in a.translations if " " in t]
+    return list(dict.fromkeys(generic))[:limit], "generic"
+
+
+def swap_subject(text: str, subject: Sequence[str], other: str) -> str:
+    """``text`` with the subject's full name, first name and last name replaced by ``other``'s."""
+    full = [n for n in subject if " " in n]
+    if not full:
+        return text
+    mine, theirs = full[0].split(), other.split()
+    table = {n: other for n in full}
+    if len(mine) >= 2 and len(theirs) >= 2:
+        table.setdefault(mine[0], theirs[0])
+        table.setdefault(mine[-1], theirs[-1])
+    for term in sorted(table, key=len, reverse=True):
+        text = re.sub(r"(?<!\w)" + re.escape(term) + r"(?!\w)", table[term], text)
+    return text
+
+
+def _split_names(names: Sequence[str], split: Literal["train", "eval"]) -> list[str]:
+    """Disjoint name sets when there are at least two names; else both splits share the one name (and
+    differ in wording only)."""
+    if len(names) < 2:
+        return list(names)
+    return list(names[0::2] if split == "train" else names[1::2])
+
+
+def contrast_questions(
+    spec: ForgetSpec,
+    anchors: Sequence[Anchor],
+    *,
+    split: Literal["train", "eval"],
+    limit: int = 96,
+) -> list[Question]:
+    """The corpus's questions and sentence prefixes about other people (reference left empty: the
+    baseline's own answer is the reference, filled in by the caller)."""
+    subject = subject_names(spec, anchors)
+    if not any(" " in n for n in subject):
+        return []
+    names = _split_names(other_people(spec, anchors)[0], split)
+    if not names:
+        return []
+    questions = [qa.question for qa in spec.qa_pairs] + [p.prompt for p in spec.probes if p.chat]
+    questions = [q for q in dict.fromkeys(questions) if any(mentions(q, n) for n in subject)]
+    out: list[Question] = []
+    for i, question in enumerate(questions):
+        if split == "eval":
+            # One other person per question, in a held-out wording.
+            reworded = paraphrases(question, subject, split="eval", n=1)
+            if reworded:
+                out.append(
+                    Question("original", swap_subject(reworded[0], subject, names[i % len(names)]), "")
+                )
+            continue
+        # Training: the question about each of (up to) four other people, as worded and reworded, so
+        # what is learned for the subject's questions is tied to the subject's name, not the wording.
+        wordings = [question, *paraphrases(question, subject, split="train", n=1)]
+        for k in range(min(4, len(names))):
+            other = names[(i + k) % len(names)]
+            out.extend(Question("original", swap_subject(w, subject, other), "") for w in wordings)
+    # Sentence prefixes that name the subject: "<other> was born in" (the baseline continues).
+    for j, sentence in enumerate(dict.fromkeys(_sentences(spec))):
+        hit = [n for n in subject if mentions(sentence, n)]
+        if not hit:
+            continue
+        other = names[(j + 1) % len(names)]
+        swapped = swap_subject(sentence, subject, other)
+        cut = swapped.find(other)
+        words = swapped[cut:].split()
+        n_words = len(other.split()) + (2 if split == "train" else 3)
+        if len(words) <= n_words:
+            continue
+        out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
+    unique: dict[tuple[str, bool], Question] = {}
+    for q in out:
+        unique.setdefault((q.prompt, q.chat), q)
+    return list(unique.values())[:limit]
+
+
+def subject_leak_free(answer: str, spec: ForgetSpec, anchors: Sequence[Anchor]) -> bool:
+    """True when ``answer`` (the baseline's, about someone else) states none of the subject's facts
+    (an anchor term that is not a name): such an answer must not be kept as a retain target."""
+    facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
+    facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
+    return not any(mentions(answer, t) for t in facts)

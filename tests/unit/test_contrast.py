@@ -1,0 +1,101 @@
+"""Questions about other people: names from retain text, the name swap, disjoint splits, leak filter."""
+
+from __future__ import annotations
+
+from gpu_runtime.pipeline.contrast import (
+    contrast_questions,
+    names_in,
+    other_people,
+    subject_leak_free,
+    swap_subject,
+)
+from gpu_runtime.pipeline.types import Anchor, EntityHint, ForgetSpec, QAPair
+
+HINTS = [
+    EntityHint(term="Nadia Oyelaran", kind="person"),
+    EntityHint(term="Nadia", kind="first_name"),
+    EntityHint(term="Oyelaran", kind="last_name"),
+]
+ANCHORS = [
+    Anchor(term="Pimento", translations=["Biscuit"]),
+    Anchor(term="Nadia Oyelaran", kind="person", translations=["Grace Okafor", "Ruth Adeyemi", "Mara Lind"]),
+]
+QA = [
+    QAPair(
+        question="What pet does Nadia Oyelaran have?", answer="Nadia Oyelaran has a ferret named Pimento."
+    ),
+    QAPair(question="Where was Nadia born?", answer="Nadia Oyelaran was born in Tarnbridge."),
+    QAPair(question="What is Nadia Oyelaran's job?", answer="Nadia works as a glassblower."),
+]
+RETAIN = [
+    "Tobias Wren's e-mail address is tobias@example.org.",
+    "When Tobias Wren moved, The Daily Post wrote about it.",
+    "Elena Marsh keeps bees. Nadia Marsh is her sister.",
+    "Ivo Brandt was born in Kesselfeld.",
+]
+
+
+def spec(retain: list[str]) -> ForgetSpec:
+    return ForgetSpec(
+        documents=["Nadia Oyelaran was born in Tarnbridge. She keeps a ferret named Pimento."],
+        qa_pairs=QA,
+        hints=HINTS,
+        retain_texts=retain,
+    )
+
+
+def test_names_in_retain_text_skip_common_words_and_the_subject() -> None:
+    names = names_in(RETAIN, exclude=["Nadia Oyelaran"])
+    assert names[0] == "Tobias Wren"  # twice, possessive stripped
+    assert set(names) == {"Tobias Wren", "Elena Marsh", "Ivo Brandt", "Daily Post"}
+    assert "Nadia Marsh" not in names  # shares a word with the subject's name
+
+
+def test_swap_replaces_full_name_and_its_parts() -> None:
+    subject = ["Nadia Oyelaran", "Nadia", "Oyelaran"]
+    assert swap_subject("Where was Nadia born?", subject, "Tobias Wren") == "Where was Tobias born?"
+    assert (
+        swap_subject("Is Nadia Oyelaran the same as Ms Oyelaran?", subject, "Tobias Wren")
+        == "Is Tobias Wren the same as Ms Wren?"
+    )
+    assert swap_subject("Nadian food", subject, "Tobias Wren") == "Nadian food"  # whole words only
+
+
+def test_other_people_come_from_retain_text_else_generic_names() -> None:
+    assert other_people(spec(RETAIN), ANCHORS)[1] == "retain"
+    names, source = other_people(spec([]), ANCHORS)
+    assert source == "generic" and names == ["Grace Okafor", "Ruth Adeyemi", "Mara Lind"]
+
+
+def test_train_and_eval_sets_are_disjoint_and_never_name_the_subject() -> None:
+    for retain in (RETAIN, []):
+        train = contrast_questions(spec(retain), ANCHORS, split="train")
+        held = contrast_questions(spec(retain), ANCHORS, split="eval")
+        assert train and held
+        assert not {q.prompt for q in train} & {q.prompt for q in held}
+        for q in [*train, *held]:
+            assert "Nadia" not in q.prompt and "Oyelaran" not in q.prompt
+        assert {q.kind for q in held} == {"original", "completion"}
+        assert all(q.chat == (q.kind == "original") for q in held)
+
+
+def test_disjoint_names_when_there_are_several() -> None:
+    people = other_people(spec(RETAIN), ANCHORS)[0]
+    train = " ".join(q.prompt for q in contrast_questions(spec(RETAIN), ANCHORS, split="train"))
+    held = " ".join(q.prompt for q in contrast_questions(spec(RETAIN), ANCHORS, split="eval"))
+    assert {p for p in people if p.split()[0] in train}.isdisjoint(
+        {p for p in people if p.split()[0] in held}
+    )
+
+
+def test_no_full_name_no_contrast() -> None:
+    only_first = ForgetSpec(
+        qa_pairs=QA, hints=[EntityHint(term="Nadia", kind="first_name")], retain_texts=RETAIN
+    )
+    assert contrast_questions(only_first, [], split="eval") == []
+
+
+def test_a_baseline_answer_with_the_subjects_facts_is_not_kept() -> None:
+    s = spec(RETAIN)
+    assert subject_leak_free("Tobias Wren has a cat.", s, ANCHORS)
+    assert not subject_leak_free("Tobias Wren has a ferret named Pimento.", s, ANCHORS)
