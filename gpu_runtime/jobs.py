@@ -130,6 +130,8 @@ def pipeline_spec(spec: dict[str, Any], options: dict[str, Any]) -> Any:
         hints=spec.get("hints", []),
         probes=[{"prompt": p["prompt"], "reference": p.get("reference", "")} for p in spec.get("probes", [])],
         retain_texts=spec.get("retain_texts", []),
+        earlier_probes=spec.get("earlier_probes", []),
+        earlier_terms=spec.get("earlier_terms", []),
         options=PipelineOptions(**pipeline_options),
     )
 
@@ -225,6 +227,49 @@ async def _deployed_adapter(session: AsyncSession, alias: str) -> str | None:
         )
     ).scalar_one_or_none()
     return path if path and await asyncio.to_thread(Path(path).is_dir) else None
+
+
+async def _earlier_probes(
+    session: AsyncSession, store: Any, request_id: str, alias: str, limit: int = 400
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The probes and terms of every request in the lineage of the version ``alias`` serves (the new
+    adapter is composed on theirs and must keep them forgotten: sequential composition). Their own
+    probes, and their corpus's questions while the corpus is still stored (purged after retention)."""
+    version_id = (
+        await session.execute(select(ServedAlias.version_id).where(ServedAlias.alias == alias))
+    ).scalar_one_or_none()
+    request_ids: list[str] = []
+    seen: set[str] = set()
+    while version_id is not None and version_id not in seen:
+        seen.add(version_id)
+        version = await session.get(AdapterVersion, version_id)
+        if version is None:
+            break
+        if version.request_id and version.request_id != request_id:
+            request_ids.append(version.request_id)
+        version_id = version.parent_id
+    probes: list[dict[str, Any]] = []
+    terms: list[str] = []
+    for rid in request_ids:
+        row = await session.get(ForgetRequest, rid)
+        if row is None:
+            continue
+        probes += [
+            {"prompt": p["prompt"], "reference": p.get("reference", "")}
+            for p in row.probes
+            if p.get("prompt")
+        ]
+        try:
+            earlier = await asyncio.to_thread(store.get_json, rid, INPUT, SPEC_FILE)
+        except (FileNotFoundError, ValueError):
+            continue  # purged: its probes (above), if any are left, are what can be checked
+        probes += [
+            {"prompt": qa["question"], "reference": qa["answer"]}
+            for qa in earlier.get("qa_pairs", [])
+            if qa.get("question") and qa.get("answer")
+        ]
+        terms += [h["term"] for h in earlier.get("hints", []) if h.get("term")]
+    return probes[:limit], sorted(set(terms))
 
 
 async def _claim(
@@ -539,10 +584,12 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
     stages = dict(row.stages)
     store = store_for(settings)
     live = _Live()
+    alias = str(row.options.get("target_alias") or settings.served_alias)
     async with sessionmaker() as session:
-        deployed = await _deployed_adapter(
-            session, str(row.options.get("target_alias") or settings.served_alias)
-        )
+        deployed = await _deployed_adapter(session, alias)
+        earlier: tuple[list[dict[str, Any]], list[str]] = ([], [])
+        if stage == jobs.EVALUATE and deployed is not None:
+            earlier = await _earlier_probes(session, store, request_id, alias)
     try:
         spec = await asyncio.to_thread(store.get_json, request_id, INPUT, SPEC_FILE)
     except FileNotFoundError:
@@ -551,6 +598,7 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
         )
         return {"request_id": request_id, "stage": stage, "outcome": "failed"}
     spec["probes"] = list(row.probes)
+    spec["earlier_probes"], spec["earlier_terms"] = earlier
     inp = StageInput(
         request_id=request_id,
         stage=stage,
