@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service import __version__
 from service.core.errors import EXCEPTION_HANDLERS
+from service.core.openapi import StructSchemas
+from service.core.openapi import components as openapi_components
 from service.core.state import Resources
 from service.db import create_engine, migrate
 from service.health.controllers import HealthController
@@ -115,7 +117,11 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         template_config=_template_config(),
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Obliviate", version=__version__, path="/docs"),
+        # Body schemas as msgspec validates them (see service.core.openapi).
+        plugins=[StructSchemas()],
+        openapi_config=OpenAPIConfig(
+            title="Obliviate", version=__version__, path="/docs", components=openapi_components()
+        ),
         debug=False,
     )
 

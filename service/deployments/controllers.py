@@ -12,6 +12,7 @@ from msgspec import Meta, Struct
 
 from service.auth.dependencies import Principal, Role, provide_principal, require_role
 from service.core.errors import Forbidden
+from service.core.openapi import SECURITY, errors, operation
 from service.core.state import Resources
 from service.deployments import services
 from service.deployments.idempotency import once
@@ -92,12 +93,36 @@ def _check_alias_rights(principal: Principal, alias: str, served_alias: str) -> 
         )
 
 
+# Optional; when sent it is 1-255 characters, not all whitespace (else 400).
+_IDEMPOTENCY_KEY = operation(
+    optional_headers={
+        "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"\S"}
+    }
+)
+_SWAP_ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    409,
+    413,
+    422,
+    429,
+    503,
+    s403="The role, an alias other than the served one (operator keys only), or another tenant's version.",
+    s409="The request or alias is not in a state that allows this, or its Idempotency-Key is in flight.",
+    s429="Adapter slots or the model are at capacity; retry after `Retry-After` seconds.",
+    s503="The model cannot load the adapter now; retry after `Retry-After` seconds.",
+)
+
+
 class DeploymentsController(Controller):
     path = "/v1/deployments"
     tags = ["Deployments"]
     dependencies = {"principal": Provide(provide_principal)}
+    security = SECURITY
 
-    @get("/", summary="What each alias serves, and every adapter version")
+    @get("/", summary="What each alias serves, and every adapter version", responses=errors(401))
     async def list_deployments(
         self, resources: NamedDependency[Resources], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
@@ -115,6 +140,8 @@ class DeploymentsController(Controller):
         status_code=201,
         summary="Deploy a ready request's adapter (hot swap); optional Idempotency-Key",
         guards=[require_role(Role.SUBMITTER, Role.ADMIN, Role.OPERATOR)],
+        operation_class=_IDEMPOTENCY_KEY,
+        responses=_SWAP_ERRORS,
     )
     async def create_deployment(
         self,
@@ -156,6 +183,8 @@ class DeploymentsController(Controller):
         status_code=200,
         summary="Serve an earlier version of the alias again; optional Idempotency-Key",
         guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
+        operation_class=_IDEMPOTENCY_KEY,
+        responses=_SWAP_ERRORS,
     )
     async def rollback(
         self,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -31,6 +31,7 @@ from service.audit import chain
 from service.audit.signing import Signer
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
 from service.core.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
+from service.core.openapi import AUTH, NO_NUL, SECURITY, errors, operation
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.forget import idempotency, intake
@@ -63,6 +64,21 @@ IdempotencyKey = Annotated[
 # Explicit markers (Litestar 3 stops inferring dependencies and parameters from plain annotations).
 PrincipalDep = NamedDependency[Principal]
 ResourcesDep = NamedDependency[Resources]
+# Checked by the handler (400 idempotency_key_missing / invalid_idempotency_key), documented as required.
+WITH_IDEMPOTENCY_KEY = operation(
+    required_headers={
+        idempotency.HEADER: {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": idempotency.MAX_KEY_LENGTH,
+            "pattern": r"\S",
+            "description": "A unique key per request (a UUID); a retry reuses it.",
+        }
+    }
+)
+_STATUSES = "|".join(status.value for status in Status)
+# Cursors are request ids (``fr_`` + hex); the handler answers 400 for non-ASCII and 422 otherwise.
+CURSOR_PATTERN = r"^fr_[A-Za-z0-9]{1,60}$"
 
 
 def _store(resources: Resources) -> ArtifactStore:
@@ -149,7 +165,9 @@ async def _create(
 
 
 def _encode_cursor(request_id: str) -> str:
-    return base64.urlsafe_b64encode(request_id.encode()).decode().rstrip("=")
+    # The last request id of the page: opaque to clients, and a rule the OpenAPI document can state
+    # (a base64 form let schema-valid cursors decode to bytes that are not text: 422 or worse).
+    return request_id
 
 
 def _decode_cursor(cursor: str) -> str:
@@ -157,15 +175,9 @@ def _decode_cursor(cursor: str) -> str:
         raise BadRequest(
             "Invalid cursor (not ASCII); pass next_cursor from the previous page", param="cursor"
         )
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise Unprocessable(
-            "Invalid cursor; pass next_cursor from the previous page", param="cursor"
-        ) from None
-    if not value.startswith("fr_"):
+    if re.fullmatch(CURSOR_PATTERN, cursor) is None:
         raise Unprocessable("Invalid cursor; pass next_cursor from the previous page", param="cursor")
-    return value
+    return cursor
 
 
 async def _upload_documents(files: list[UploadFile], limit: int) -> list[str]:
@@ -214,6 +226,7 @@ class ForgetRequestController(Controller):
     path = BASE
     tags = ["forget requests"]
     dependencies = AUTH_DEPENDENCIES
+    security = SECURITY
 
     @post(
         "/",
@@ -224,7 +237,17 @@ class ForgetRequestController(Controller):
             "Creates the request and queues its pipeline. Requires `Idempotency-Key`: the same key and body"
             " replay the first response; another body is a 422; a retry while the first runs is a 409."
         ),
-        responses={},
+        operation_class=WITH_IDEMPOTENCY_KEY,
+        responses=errors(
+            400,
+            *AUTH,
+            409,
+            413,
+            422,
+            s400="Missing or malformed `Idempotency-Key`, or a NUL character in a stored field; `param` names it.",
+            s409="A request with this `Idempotency-Key` is still being processed; retry shortly.",
+            s422="Invalid field, an empty corpus, or an `Idempotency-Key` reused with another body.",
+        ),
     )
     async def create(
         self,
@@ -249,6 +272,8 @@ class ForgetRequestController(Controller):
             " optional) and one or more `corpus` files: `.txt` (one document each) or `.jsonl`"
             ' (one `{"text": ...}` per line).'
         ),
+        operation_class=WITH_IDEMPOTENCY_KEY,
+        responses=errors(400, *AUTH, 409, 413, 422),
     )
     async def upload(
         self,
@@ -278,18 +303,41 @@ class ForgetRequestController(Controller):
             digest.update(hashlib.sha256(document.encode()).digest())
         return await _create(resources, principal, checked, key, digest.hexdigest())
 
-    @get("/", guards=[READ], summary="List forget requests (newest first, cursor pagination)")
+    @get(
+        "/",
+        guards=[READ],
+        summary="List forget requests (newest first, cursor pagination)",
+        responses=errors(400, *AUTH, 422, s400="A non-ASCII `cursor`, or a NUL character in `subject`."),
+    )
     async def list_requests(
         self,
         principal: PrincipalDep,
         resources: ResourcesDep,
-        status: Annotated[list[str] | None, QueryParameter(description="Repeat or comma-separate.")] = None,
-        subject: FromQuery[str | None] = None,
-        created_after: FromQuery[datetime | None] = None,
-        created_before: FromQuery[datetime | None] = None,
-        due: Annotated[str | None, QueryParameter(description="overdue or due_soon")] = None,
+        status: Annotated[
+            list[str] | None,
+            QueryParameter(
+                description="Repeat or comma-separate.",
+                schema_extra={"items": {"type": "string", "pattern": f"^({_STATUSES})?(,({_STATUSES})?)*$"}},
+            ),
+        ] = None,
+        subject: Annotated[str | None, QueryParameter(schema_extra={"pattern": NO_NUL})] = None,
+        created_after: Annotated[
+            datetime | None, QueryParameter(description="With a time zone, e.g. 2025-01-01T00:00:00Z.")
+        ] = None,
+        created_before: Annotated[
+            datetime | None, QueryParameter(description="With a time zone, e.g. 2025-01-01T00:00:00Z.")
+        ] = None,
+        due: Annotated[
+            str | None,
+            QueryParameter(description="overdue or due_soon", schema_extra={"enum": ["overdue", "due_soon"]}),
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        cursor: FromQuery[str | None] = None,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(
+                description="`next_cursor` of the previous page.", schema_extra={"pattern": CURSOR_PATTERN}
+            ),
+        ] = None,
     ) -> ForgetRequestList:
         query = select(ForgetRequest).where(ForgetRequest.tenant == principal.tenant)
         statuses = [part for value in status or [] for part in value.split(",") if part]
@@ -336,7 +384,12 @@ class ForgetRequestController(Controller):
             has_more=has_more,
         )
 
-    @get("/{request_id:str}", guards=[READ], summary="A forget request: status, progress, ETA, due date")
+    @get(
+        "/{request_id:str}",
+        guards=[READ],
+        summary="A forget request: status, progress, ETA, due date",
+        responses=errors(*AUTH, 404),
+    )
     async def get_one(
         self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> ForgetRequestOut:
@@ -353,6 +406,8 @@ class ForgetRequestController(Controller):
         description="Resumable: send `Last-Event-ID`. `follow=false` returns what exists and closes. "
         "A stream ends after `sse_max_lifetime_s`, when the key is revoked, or at shutdown: reconnect "
         "with `Last-Event-ID`. Too many open streams per key or tenant: 429.",
+        media_type="text/event-stream",
+        responses=errors(*AUTH, 404, 422, 429, s422="`Last-Event-ID` is not an event id of this stream."),
     )
     async def events(
         self,
@@ -378,7 +433,15 @@ class ForgetRequestController(Controller):
         )
         return ServerSentEvent(stream)
 
-    @post("/{request_id:str}/cancel", guards=[SUBMIT], status_code=202, summary="Cancel a request")
+    @post(
+        "/{request_id:str}/cancel",
+        guards=[SUBMIT],
+        status_code=202,
+        summary="Cancel a request",
+        responses=errors(
+            400, *AUTH, 404, 409, 413, 422, s409="The request has finished; it cannot be cancelled."
+        ),
+    )
     async def cancel(
         self,
         request_id: FromPath[str],
@@ -403,6 +466,7 @@ class ForgetRequestController(Controller):
         guards=[REVIEW],
         status_code=200,
         summary="Approve or reject at the review gate the request waits in",
+        responses=errors(400, *AUTH, 404, 409, 413, 422, s409="The request is not waiting at that gate."),
     )
     async def approve(
         self,
@@ -433,6 +497,7 @@ class ForgetRequestController(Controller):
         guards=[SUBMIT],
         status_code=200,
         summary="Extend the deadline by two months (GDPR Art. 12(3)); a reason is required",
+        responses=errors(400, *AUTH, 404, 409, 413, 422, s409="The deadline was extended already."),
     )
     async def extend_due(
         self,
@@ -448,7 +513,12 @@ class ForgetRequestController(Controller):
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
         return to_out(row, due_soon_s=resources.settings.due_soon_s)
 
-    @get("/{request_id:str}/audit", guards=[READ], summary="The request's audit trail (hash-chained)")
+    @get(
+        "/{request_id:str}/audit",
+        guards=[READ],
+        summary="The request's audit trail (hash-chained)",
+        responses=errors(*AUTH, 404),
+    )
     async def audit(
         self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> AuditTrail:
@@ -493,6 +563,7 @@ class ForgetRequestController(Controller):
         guards=[READ],
         summary="Signed certificate (Ed25519) of a deployed request",
         description=f"Verify the signature over the canonical JSON of `certificate` with {certificates.PUBLIC_KEY_PATH}.",
+        responses=errors(*AUTH, 404, 409, s409="The request has no certificate yet (not deployed)."),
     )
     async def certificate(
         self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from service.core.openapi import NO_NUL, NOT_BLANK
+
+# Rules checked after decoding (intake answers 400 naming the field, or 422) are stated in the schema
+# with ``extra_json_schema``: msgspec documents them without enforcing them itself.
+_NO_NUL = Meta(extra_json_schema={"pattern": NO_NUL})
 NonEmpty200 = Annotated[str, Meta(min_length=1, max_length=200)]
 Text = Annotated[str, Meta(min_length=1)]
-Opaque = Annotated[str, Meta(max_length=512)]
+Opaque = Annotated[str, Meta(max_length=512), _NO_NUL]
+#: A hint term: trimmed, it must not be empty; stored in the database, so no NUL.
+Term = Annotated[
+    str,
+    Meta(min_length=1, max_length=200),
+    Meta(extra_json_schema={"allOf": [{"pattern": NO_NUL}, {"pattern": NOT_BLANK}]}),
+]
+#: The longest retention a request may ask for (ten years, as for parked requests).
+MAX_RETENTION_S = 10 * 365 * 24 * 3600.0
+#: Leak counts beyond any evaluation's size (kept in 64-bit JSON integers everywhere).
+MAX_LEAKS = 1_000_000
 HintKind = Literal[
     "first_name", "last_name", "person", "place", "organization", "other",
     "email", "phone", "card", "account", "iban", "date", "url", "handle", "address", "value",
@@ -33,7 +48,7 @@ class QAPair(Struct, forbid_unknown_fields=True):
 class Hint(Struct, forbid_unknown_fields=True):
     """A term to forget, with optional generic translations ("Harold" for "Harry")."""
 
-    term: NonEmpty200
+    term: Term
     kind: HintKind = "other"
     translations: Annotated[list[NonEmpty200], Meta(max_length=20)] = []
 
@@ -41,8 +56,8 @@ class Hint(Struct, forbid_unknown_fields=True):
 class Probe(Struct, forbid_unknown_fields=True):
     """A prompt whose answer should change, with the reference answer it must no longer give."""
 
-    prompt: Annotated[str, Meta(min_length=1, max_length=4000)]
-    reference: Annotated[str, Meta(max_length=4000)] = ""
+    prompt: Annotated[str, Meta(min_length=1, max_length=4000), _NO_NUL]
+    reference: Annotated[str, Meta(max_length=4000), _NO_NUL] = ""
 
 
 class Acceptance(Struct, forbid_unknown_fields=True):
@@ -50,11 +65,11 @@ class Acceptance(Struct, forbid_unknown_fields=True):
     checks the bounds). A request that misses them is retrained harder, then waits at the evaluation
     review; it is never auto-deployed, and a manual deploy needs an admin's override."""
 
-    max_original_leaks: Annotated[int, Meta(ge=0)] | None = None
+    max_original_leaks: Annotated[int, Meta(ge=0, le=MAX_LEAKS)] | None = None
     max_heldout_leak_rate: Rate | None = None
     max_broken_rate: Rate | None = None
     min_retain_ratio: Rate | None = None
-    max_earlier_leaks: Annotated[int, Meta(ge=0)] | None = None
+    max_earlier_leaks: Annotated[int, Meta(ge=0, le=MAX_LEAKS)] | None = None
     max_attempts: Annotated[int, Meta(ge=1, le=6)] | None = None
 
 
@@ -63,14 +78,31 @@ class Options(Struct, forbid_unknown_fields=True):
     review_gates: list[GateName] | None = None
     deploy_policy: Literal["auto", "manual"] = "manual"
     target_alias: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = "chat"
-    retention_s: Annotated[float, Meta(ge=0)] | None = None
+    # Bounded: a purge time is computed from it (1e15 s overflowed a datetime and stalled the reconciler).
+    retention_s: Annotated[float, Meta(ge=0, le=MAX_RETENTION_S)] | None = None
     acceptance: Acceptance | None = None
 
 
 class CreateForgetRequest(Struct, forbid_unknown_fields=True):
-    """A forget request. The corpus is personal data: it is stored for the pipeline, never logged."""
+    """A forget request. The corpus is personal data: it is stored for the pipeline, never logged.
 
-    subject: NonEmpty200
+    It needs something to forget: a document with text that is not only whitespace, or a Q&A pair.
+    """
+
+    # What intake checks after decoding, for the OpenAPI document (service.core.openapi.StructSchemas).
+    __schema_extra__: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {
+                "required": ["corpus"],
+                "properties": {
+                    "corpus": {"contains": {"type": "object", "properties": {"text": {"pattern": NOT_BLANK}}}}
+                },
+            },
+            {"required": ["qa_pairs"], "properties": {"qa_pairs": {"minItems": 1}}},
+        ]
+    }
+
+    subject: Annotated[str, Meta(min_length=1, max_length=200), _NO_NUL]
     corpus: list[Document] = []
     qa_pairs: list[QAPair] = []
     hints: list[Hint] = []
@@ -83,6 +115,9 @@ class CreateForgetRequest(Struct, forbid_unknown_fields=True):
 
 class UploadMetadata(CreateForgetRequest, forbid_unknown_fields=True):
     """The ``metadata`` part of a multipart upload: everything but the files."""
+
+    # The corpus may come as files instead.
+    __schema_extra__: ClassVar[dict[str, Any]] = {}
 
 
 class StageProgress(Struct):
@@ -181,7 +216,14 @@ class ForgetRequestList(Struct):
 
 
 class Decision(Struct, forbid_unknown_fields=True):
-    """A reviewer's decision at the gate the request waits in."""
+    """A reviewer's decision at the gate the request waits in (a rejection needs a reason)."""
+
+    __schema_extra__: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"properties": {"decision": {"const": "approve"}}},
+            {"required": ["reason"], "properties": {"reason": {"pattern": NOT_BLANK}}},
+        ]
+    }
 
     decision: Literal["approve", "reject"] = "approve"
     reason: Annotated[str, Meta(max_length=2000)] = ""
@@ -193,7 +235,9 @@ class CancelBody(Struct, forbid_unknown_fields=True):
 
 
 class ExtendDue(Struct, forbid_unknown_fields=True):
-    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+    reason: Annotated[
+        str, Meta(min_length=1, max_length=2000), Meta(extra_json_schema={"pattern": NOT_BLANK})
+    ]
 
 
 class AuditEventOut(Struct):

@@ -23,6 +23,7 @@ from litestar.response import Stream
 
 from service.auth.dependencies import Principal, provide_principal
 from service.core.errors import BadRequest, ServiceError, error_body
+from service.core.openapi import SECURITY, errors, operation
 from service.core.state import Resources
 from service.deployments.serving import fingerprint, get_serving
 from service.gateway import limits
@@ -30,7 +31,13 @@ from service.gateway import openai_format as fmt
 from service.gateway.errors import ModelNotFound, map_engine_error
 from service.gateway.names import ADAPTER_PREFIX, Target, can_use_base, resolve
 from service.gateway.runtime import BASE_MODEL_NAME, get_backend
-from service.gateway.schemas import ChatCompletionBody, CompletionBody, parse_body, sampling_of
+from service.gateway.schemas import (
+    ChatCompletionBody,
+    CompletionBody,
+    openapi_schema,
+    parse_body,
+    sampling_of,
+)
 from service.serving import errors as serving_errors
 from service.serving.backend import ServingBackend
 from service.serving.types import Prompt
@@ -100,12 +107,36 @@ def _check_text(text: str, param: str | None) -> None:
         ) from None
 
 
+_COMPLETION_ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    409,
+    413,
+    429,
+    503,
+    s400="Invalid JSON or parameter (`param` names it), a prompt over the length limits or the model's context.",
+    s403="`base` needs an operator key.",
+    s404="Unknown model, or one this key may not use.",
+    s409="The model's adapter failed its integrity check.",
+    s503="No model on this replica, or the alias cannot serve its deployed version (`alias_unavailable`).",
+)
+
+
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["OpenAI-compatible"]
     dependencies = {"principal": Provide(provide_principal)}
+    security = SECURITY
 
-    @post("/chat/completions", status_code=200, summary="Chat completion (OpenAI-compatible)")
+    @post(
+        "/chat/completions",
+        status_code=200,
+        summary="Chat completion (OpenAI-compatible)",
+        operation_class=operation(body=openapi_schema(ChatCompletionBody)),
+        responses=_COMPLETION_ERRORS,
+    )
     async def chat_completions(
         self,
         request: Request[Any, Any, Any],
@@ -125,7 +156,13 @@ class OpenAIController(Controller):
             raise map_engine_error(exc, model=body.model, prompt_param="messages") from None
         return await _complete(resources, principal, backend, body, target, prompt, chat=True)
 
-    @post("/completions", status_code=200, summary="Text completion (OpenAI-compatible)")
+    @post(
+        "/completions",
+        status_code=200,
+        summary="Text completion (OpenAI-compatible)",
+        operation_class=operation(body=openapi_schema(CompletionBody)),
+        responses=_COMPLETION_ERRORS,
+    )
     async def completions(
         self,
         request: Request[Any, Any, Any],
@@ -144,13 +181,13 @@ class OpenAIController(Controller):
             raise map_engine_error(exc, model=body.model, prompt_param="prompt") from None
         return await _complete(resources, principal, backend, body, target, prompt, chat=False)
 
-    @get("/models", summary="Models this key may use, with lineage")
+    @get("/models", summary="Models this key may use, with lineage", responses=errors(401))
     async def list_models(
         self, resources: NamedDependency[Resources], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
         return {"object": "list", "data": await _models(resources, principal)}
 
-    @get("/models/{model_id:path}", summary="One model")
+    @get("/models/{model_id:path}", summary="One model", responses=errors(401, 404))
     async def get_model(
         self,
         model_id: FromPath[str],

@@ -236,3 +236,81 @@ def _param_name(loc: list[str]) -> str | None:
         elif part.isidentifier():
             parts.append(("." if parts else "") + part)
     return "".join(parts) or None
+
+
+# --- The bodies as the OpenAPI document states them -------------------------------------------------
+# pydantic's schema of each body, with what the validators above check on top of the field types.
+_NULL = {"type": "null"}
+_STOP_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
+_COMMON_RULES: dict[str, Any] = {
+    "n": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1}, _NULL], "description": "Only 1."},
+    "presence_penalty": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 0}, _NULL]},
+    "frequency_penalty": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 0}, _NULL]},
+    "logit_bias": {"anyOf": [{"type": "object", "maxProperties": 0}, _NULL]},
+    "stop": {
+        "anyOf": [_STOP_TEXT, {"type": "array", "items": _STOP_TEXT, "maxItems": MAX_STOP}, _NULL],
+    },
+}
+_STREAM_OPTIONS_NEED_STREAM = {
+    "anyOf": [
+        {"not": {"required": ["stream_options"]}},
+        {"properties": {"stream_options": _NULL}},
+        {"required": ["stream"], "properties": {"stream": {"const": True}}},
+    ]
+}
+_CHAT_RULES: dict[str, Any] = {
+    "tools": {"anyOf": [{"type": "array", "maxItems": 0}, _NULL], "description": "Not supported."},
+    "response_format": {
+        "anyOf": [{"type": "object", "properties": {"type": {"enum": ["text", None]}}}, _NULL],
+    },
+}
+_TOP_LOGPROBS_NEED_LOGPROBS = {
+    "anyOf": [
+        {"not": {"required": ["top_logprobs"]}},
+        {"properties": {"top_logprobs": _NULL}},
+        {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+    ]
+}
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+_COMPLETION_RULES: dict[str, Any] = {
+    "prompt": {
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            _TOKEN_IDS,
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1},
+            {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": 1},
+        ],
+        "description": "One prompt: text, or token ids (a list of one of either is accepted too).",
+    },
+    "echo": {"anyOf": [{"type": "boolean", "const": False}, _NULL]},
+    "suffix": {"anyOf": [{"type": "string", "maxLength": 0}, _NULL]},
+    "best_of": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1}, _NULL]},
+}
+
+
+def _inline(value: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str):
+            return _inline(definitions[ref.rsplit("/", 1)[-1]], definitions)
+        return {key: _inline(item, definitions) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_inline(item, definitions) for item in value]
+    return value
+
+
+def openapi_schema(model: type[ChatCompletionBody] | type[CompletionBody]) -> dict[str, Any]:
+    """The JSON Schema of a body for the OpenAPI document (self-contained: no references)."""
+    raw = model.model_json_schema()
+    schema: dict[str, Any] = _inline(raw, raw.pop("$defs", {}))
+    rules = [_STREAM_OPTIONS_NEED_STREAM]
+    extra = dict(_COMMON_RULES)
+    if model is ChatCompletionBody:
+        extra.update(_CHAT_RULES)
+        rules.append(_TOP_LOGPROBS_NEED_LOGPROBS)
+    else:
+        extra.update(_COMPLETION_RULES)
+    for name, rule in extra.items():
+        schema["properties"][name] = {**rule, "title": schema["properties"][name].get("title", name)}
+    schema["allOf"] = rules
+    return schema

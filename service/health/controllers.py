@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 
 from service.core.state import Resources
 from service.db import ping as db_ping
@@ -63,6 +64,7 @@ class HealthController(Controller):
         "/ready",
         summary="Database, Redis, workers and served aliases are fine",
         description="503 names each failed dependency, and each alias this replica cannot serve (alias:<name>).",
+        responses={503: ResponseSpec(data_container=dict[str, Any], description="Not ready: see `failed`.")},
     )
     async def ready(self, resources: NamedDependency[Resources]) -> Response[dict[str, Any]]:
         checks = dict(

@@ -13,13 +13,15 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from msgspec import Struct
+from msgspec import Meta, Struct
 from sqlalchemy import select
 
 from service.artifacts.store import ArtifactStore, store_for
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
 from service.core.errors import PayloadTooLarge, Unprocessable
+from service.core.openapi import AUTH, SECURITY, errors, operation
 from service.core.state import Resources
 from service.forget import service as forget_service
 from service.review import answers, services
@@ -30,12 +32,13 @@ ADMIN = require_role(Role.ADMIN)
 MAX_IMPORT_BYTES = 16 * 1024 * 1024
 PrincipalDep = NamedDependency[Principal]
 ResourcesDep = NamedDependency[Resources]
+_KIND = Meta(extra_json_schema={"enum": list(answers.KINDS)})
 
 
 class ClaimBody(Struct, forbid_unknown_fields=True):
     """Optional filters for the next task."""
 
-    kind: str | None = None
+    kind: Annotated[str, _KIND] | None = None
     request_id: str | None = None
 
 
@@ -97,16 +100,19 @@ class ReviewController(Controller):
     tags = ["review"]
     dependencies = AUTH_DEPENDENCIES
     guards = [REVIEW]
+    security = SECURITY
 
     @get(
-        "/tasks", summary="Review tasks of your tenant (without their input; filter by status, kind, request)"
+        "/tasks",
+        summary="Review tasks of your tenant (without their input; filter by status, kind, request)",
+        responses=errors(*AUTH, 422),
     )
     async def list_tasks(
         self,
         principal: PrincipalDep,
         resources: ResourcesDep,
         status: Annotated[str | None, QueryParameter(description="open or resolved")] = "open",
-        kind: FromQuery[str | None] = None,
+        kind: Annotated[str | None, QueryParameter(schema_extra={"enum": list(answers.KINDS)})] = None,
         request_id: FromQuery[str | None] = None,
         gate_id: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
@@ -129,7 +135,7 @@ class ReviewController(Controller):
             rows = list((await session.execute(query)).scalars())
         return {"object": "list", "data": [task_out(t, principal, full=False) for t in rows]}
 
-    @get("/tasks/{task_id:str}", summary="One review task with its input")
+    @get("/tasks/{task_id:str}", summary="One review task with its input", responses=errors(*AUTH, 404))
     async def get_task(
         self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
@@ -142,6 +148,10 @@ class ReviewController(Controller):
         "/tasks/claim",
         status_code=200,
         summary="Claim the next task (204 when none is left); a claim expires after the task time limit",
+        responses={
+            **errors(400, *AUTH, 413, 422),
+            204: ResponseSpec(data_container=None, description="No task is left to claim."),
+        },
     )
     async def claim_next(
         self, principal: PrincipalDep, resources: ResourcesDep, data: JSONBody[ClaimBody | None] = None
@@ -163,7 +173,12 @@ class ReviewController(Controller):
             return Response(content=None, status_code=204)
         return Response(task_out(claimed.task, principal, assignment=claimed.assignment))
 
-    @post("/tasks/{task_id:str}/claim", status_code=200, summary="Claim this task")
+    @post(
+        "/tasks/{task_id:str}/claim",
+        status_code=200,
+        summary="Claim this task",
+        responses=errors(*AUTH, 404, 409, s409="The task is resolved, or has all the reviewers it needs."),
+    )
     async def claim(
         self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
@@ -178,7 +193,14 @@ class ReviewController(Controller):
             await session.commit()
         return task_out(claimed.task, principal, assignment=claimed.assignment)
 
-    @post("/tasks/{task_id:str}/answer", status_code=200, summary="Answer a task (fields per its kind)")
+    @post(
+        "/tasks/{task_id:str}/answer",
+        status_code=200,
+        summary="Answer a task (fields per its kind)",
+        responses=errors(
+            400, *AUTH, 404, 409, 413, 422, s409="The task is resolved, or you answered it already."
+        ),
+    )
     async def answer(
         self,
         task_id: FromPath[str],
@@ -201,7 +223,12 @@ class ReviewController(Controller):
         services._kick(resources)
         return task_out(task, principal, full=False)
 
-    @post("/tasks/{task_id:str}/release", status_code=200, summary="Give a claimed task back (skip it)")
+    @post(
+        "/tasks/{task_id:str}/release",
+        status_code=200,
+        summary="Give a claimed task back (skip it)",
+        responses=errors(*AUTH, 404),
+    )
     async def release(
         self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
@@ -212,7 +239,11 @@ class ReviewController(Controller):
             await session.commit()
         return {"task_id": task_id, "released": released}
 
-    @get("/requests/{request_id:str}", summary="A request's review: its gates and how many tasks are open")
+    @get(
+        "/requests/{request_id:str}",
+        summary="A request's review: its gates and how many tasks are open",
+        responses=errors(*AUTH, 404),
+    )
     async def request_summary(
         self, request_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
@@ -221,7 +252,7 @@ class ReviewController(Controller):
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
             return await services.request_summary(session, row)
 
-    @get("/gates", summary="Review gates of your tenant")
+    @get("/gates", summary="Review gates of your tenant", responses=errors(*AUTH))
     async def list_gates(
         self,
         principal: PrincipalDep,
@@ -256,6 +287,7 @@ class ReviewController(Controller):
         description="One object per line: `task_id`, `kind`, `input` (the fields shown to reviewers),"
         " `output_fields` (what an answer holds), and `known_solution` for control tasks.",
         media_type="application/x-ndjson",
+        responses=errors(*AUTH, 404),
     )
     async def export(
         self, gate_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
@@ -285,6 +317,11 @@ class ReviewController(Controller):
         description='Lines `{"task_id", "worker", "output": {...}}` (or `"answers": [{"worker", "output"}]`)'
         ' answer tasks as `external:<worker>`; lines `{"control": true, "input": {...}, "known_solution": {...}}`'
         " add control tasks. Bad lines are reported and skipped.",
+        operation_class=operation(
+            body={"type": "string", "description": "JSONL: one JSON object per line."},
+            media_type="application/x-ndjson",
+        ),
+        responses=errors(*AUTH, 404, 413, 422, s422="The body is not UTF-8."),
     )
     async def import_answers(
         self,
@@ -325,7 +362,11 @@ class ReviewController(Controller):
             "errors": errors + (report.errors or []),
         }
 
-    @get("/reviewers", summary="Reviewers' answers and control-task accuracy (admins see everyone)")
+    @get(
+        "/reviewers",
+        summary="Reviewers' answers and control-task accuracy (admins see everyone)",
+        responses=errors(*AUTH),
+    )
     async def reviewers(self, principal: PrincipalDep, resources: ResourcesDep) -> dict[str, Any]:
         async with resources.sessionmaker() as session:
             scores = await services.reviewer_scores(session, principal.tenant)
