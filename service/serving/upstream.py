@@ -688,8 +688,12 @@ class UpstreamStream:
 
     def cancel(self) -> None:
         """Stop reading (the client left): closing the connection makes the upstream abort the request."""
-        with contextlib.suppress(RuntimeError):
+        try:
             asyncio.get_running_loop().create_task(self.aclose())
+        except RuntimeError:  # no loop (collected at shutdown): at least give the slot back
+            if not self._closed:
+                self._closed = True
+                self.up.inflight -= 1
 
     async def aclose(self) -> None:
         if self._closed:
