@@ -27,6 +27,11 @@ from service.gateway.runtime import BASE_MODEL_NAME
 ADAPTER_PREFIX = "adapter:"
 # Statuses whose adapter exists and has been evaluated (earlier ones have no final adapter yet).
 _SERVABLE = {"ready", "deployed", "superseded", "rolled_back"}
+# A candidate the acceptance gate stopped at the evaluation review: its own tenant's reviewers and
+# admins may question it (that is what the review is for), unless it brings back what an earlier
+# request on the alias forgot (another tenant's subject, perhaps): then nobody may, fail closed.
+_UNDER_REVIEW = "awaiting_evaluation_review"
+_REVIEW_ROLES = {Role.REVIEWER, Role.ADMIN, Role.OPERATOR}
 BASE_ROLES = {Role.OPERATOR}
 
 
@@ -77,7 +82,22 @@ async def ensure_request_adapter(
     # Another tenant's request is indistinguishable from a missing one.
     if row is None or row.tenant != principal.tenant:
         raise ModelNotFound(public)
-    if row.status not in _SERVABLE or not row.adapter_path or not row.adapter_hash:
+    if row.status == _UNDER_REVIEW and row.adapter_path and row.adapter_hash:
+        if principal.role not in _REVIEW_ROLES:
+            raise Forbidden(
+                f"Request {request_id}'s adapter did not pass the acceptance gate; only reviewer and "
+                "admin keys may question it during the evaluation review.",
+                param="model",
+                code="model_forbidden",
+            )
+        if _releaks_earlier(row.metrics):
+            raise Forbidden(
+                f"Request {request_id}'s adapter brings back what an earlier deployed request forgot; "
+                "it is not served to anyone.",
+                param="model",
+                code="model_forbidden",
+            )
+    elif row.status not in _SERVABLE or not row.adapter_path or not row.adapter_hash:
         raise ModelNotFound(
             public, f"Request {request_id} has no evaluated adapter yet (status {row.status})."
         )
@@ -101,3 +121,12 @@ async def ensure_request_adapter(
 def _loaded(serving: Serving, engine_id: str) -> bool:
     # False once the backend evicted it (LRU) since we last loaded it.
     return serving.backend is None or serving.backend.is_loaded(engine_id)
+
+
+def _releaks_earlier(metrics: dict[str, object]) -> bool:
+    """True unless the request's evaluation shows no leak on earlier requests' probes (counted, or no
+    earlier requests at all): a missing number is not evidence, fail closed."""
+    leaks = metrics.get("earlier_leaks_after") if isinstance(metrics, dict) else None
+    if leaks is None:
+        return bool(isinstance(metrics, dict) and metrics.get("earlier_n"))
+    return not isinstance(leaks, int | float) or leaks > 0

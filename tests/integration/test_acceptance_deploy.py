@@ -88,6 +88,14 @@ def test_a_failed_request_needs_an_admins_override_recorded_in_the_certificate(
     assert status(submitter, rid) == "awaiting_evaluation_review"
     assert runner.levels["evaluate"] == [0, 1]
 
+    # While it waits there, its tenant's reviewers (not submitters, not other tenants) may question it.
+    ask = {"model": f"adapter:{rid}", "messages": [{"role": "user", "content": "Who?"}], "max_tokens": 4}
+    assert reviewer.post("/v1/chat/completions", json=ask).status_code == 200
+    refused = submitter.post("/v1/chat/completions", json=ask)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_forbidden"
+    other = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.key('globex', 'admin')}"})
+    assert other.post("/v1/chat/completions", json=ask).status_code == 404
+
     # A reviewer lets it through the review; the acceptance verdict still stands.
     approved = reviewer.post(f"/v1/forget-requests/{rid}/approve", json={"reason": "looked at the leaks"})
     assert approved.status_code == 200 and approved.json()["status"] == "ready", approved.text
