@@ -61,3 +61,19 @@ def test_certificate_acceptance_view_reads_the_signed_payload() -> None:
     assert cert.acceptance.override.reason == "accepted risk"
     assert cert.certificate == payload  # the signed bytes are not rewritten by the typed view
     assert Certificate(certificate={}, signature="s", key_id="k").acceptance is None
+
+
+def test_waiting_for_a_deploy_ends_when_the_gate_stopped_the_request() -> None:
+    from obliviate_client._models import AcceptanceSummary, ForgetRequest
+    from obliviate_client._resources import wait_is_over
+
+    def request(status: str, verdict: str | None) -> ForgetRequest:
+        acceptance = AcceptanceSummary(verdict=verdict) if verdict else None  # type: ignore[arg-type]
+        return ForgetRequest.model_construct(status=status, acceptance=acceptance)
+
+    assert wait_is_over(request("awaiting_evaluation_review", "failed"), "deployed")
+    # A human review gate the request reached without a failed verdict: a person may still deploy it.
+    assert not wait_is_over(request("awaiting_evaluation_review", "passed"), "deployed")
+    assert not wait_is_over(request("awaiting_evaluation_review", None), "deployed")
+    assert not wait_is_over(request("ready", "passed"), "deployed")
+    assert wait_is_over(request("deployed", "passed"), "deployed")

@@ -172,9 +172,15 @@ def parse_event(sse: ServerSentEvent) -> RequestEvent:
 
 def wait_is_over(request: ForgetRequest, until: str) -> bool:
     """``until="settled"``: ready/deployed/terminal; ``"gate"``: also stop at a review gate;
-    ``"deployed"``: deployed or terminal."""
+    ``"deployed"``: deployed or terminal, or stopped by the acceptance gate at the evaluation review
+    (it is not deployed unless a person overrides the verdict: waiting on would hang)."""
     if until == "deployed":
-        return request.status == "deployed" or request.status in SETTLED_STATUSES - {"ready"}
+        stopped = (
+            request.status == "awaiting_evaluation_review"
+            and request.acceptance is not None
+            and request.acceptance.verdict == "failed"
+        )
+        return stopped or request.status == "deployed" or request.status in SETTLED_STATUSES - {"ready"}
     if until == "gate" and request.status in GATE_STATUSES:
         return True
     return request.status in SETTLED_STATUSES
