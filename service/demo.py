@@ -291,10 +291,11 @@ def run_demo(
                 model = "chat"
                 echo(f"   deployed as {request.adapter.deployed_version if request.adapter else '?'}")
             elif request.status == "awaiting_evaluation_review":
-                model = ""
+                model = f"adapter:{request.id}"
                 echo(
                     "   NOT deployed: the request waits at the evaluation review, where a reviewer sees the "
-                    f"residual leaks (UI: {base_url}/review). The served model is unchanged (fail closed)."
+                    f"residual leaks (UI: {base_url}/review). The served model is unchanged (fail closed);"
+                    f" reviewers can question the candidate as model {model!r}, as below."
                 )
             else:
                 reason = f": {request.failure.code}: {request.failure.reason}" if request.failure else ""
@@ -308,7 +309,10 @@ def run_demo(
                     time.sleep(0.5)
                     after = ask_all(base_url, key, questions, model)
             else:
-                after = ["(not deployed)"] * len(questions)
+                echo(
+                    f"\n3. Asking the same questions of the candidate the gate stopped ({model}, not served)…"
+                )
+                after = ask_all(base_url, key, questions, model)
 
             cert_path: Path | None = None
             if deployed:
@@ -320,7 +324,8 @@ def run_demo(
                     json.dumps(certificate.model_dump(), indent=2, default=str), encoding="utf-8"
                 )
 
-        table = Table("about", "asked as", "question", "before", "after", show_lines=True)
+        after_label = "after (chat)" if deployed else "candidate (not served)"
+        table = Table("about", "asked as", "question", "before", after_label, show_lines=True)
         counts = {"fb": 0, "fa": 0, "kb": 0, "ka": 0}
         by_kind: dict[str, int] = {}
         known_before: dict[str, int] = {}
