@@ -62,7 +62,7 @@ print(asyncio.run(make_key()), flush=True)
 uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 """
 
-PROMPT = " ".join(f"word{i}" for i in range(40))
+PROMPT = " ".join(f"word{i}" for i in range(300))  # long enough for --tokens up to ~300
 
 
 def _free_port() -> int:
