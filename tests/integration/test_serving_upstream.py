@@ -259,6 +259,10 @@ def test_alias_flips_only_when_every_healthy_upstream_holds_the_version(
     assert retried.status_code == 201, retried.text
     assert all(new in up.app.loras for up in upstreams)
     assert chat(http(gateway)).json()["choices"][0]["message"]["content"].startswith(new)
+    # Rollback serves version 1 again (still loaded everywhere: adapters are never unloaded).
+    rolled = http(gateway).post("/v1/deployments/chat/rollback")
+    assert rolled.status_code == 200, rolled.text
+    assert chat(http(gateway)).json()["choices"][0]["message"]["content"].startswith(old)
 
 
 def test_duplicate_and_unknown_names_behave_like_vllm(upstreams: list[FakeUpstream], tmp_path: Path) -> None:
@@ -272,3 +276,58 @@ def test_duplicate_and_unknown_names_behave_like_vllm(upstreams: list[FakeUpstre
     assert models == [DEFAULT_BASE, "obl-x"]
     missing = {"model": "obl-y", "messages": MESSAGES}
     assert httpx.post(up + "/v1/chat/completions", json=missing).status_code == 404
+
+
+def test_upstream_urls_setting_reads_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings, settings_env
+
+    monkeypatch.setenv("OBLIVIATE_ENGINE", "inprocess")  # the test session's default is "none"
+    monkeypatch.setenv("OBLIVIATE_SERVING_BACKEND", "openai-upstream")
+    monkeypatch.setenv("OBLIVIATE_UPSTREAM_URLS", "http://gpu1:8000, http://gpu2:8000/")
+    settings = Settings()
+    assert settings.upstream_urls == ["http://gpu1:8000", "http://gpu2:8000"]
+    # A worker started by `serve` reads the same list back from its environment.
+    env = settings_env(settings, base={})
+    monkeypatch.setenv("OBLIVIATE_UPSTREAM_URLS", env["OBLIVIATE_UPSTREAM_URLS"])
+    assert Settings().upstream_urls == settings.upstream_urls
+    monkeypatch.setenv("OBLIVIATE_UPSTREAM_URLS", "")
+    with pytest.raises(ValidationError, match="OBLIVIATE_UPSTREAM_URLS"):
+        Settings()
+    monkeypatch.setenv("OBLIVIATE_UPSTREAM_URLS", "gpu1:8000")
+    with pytest.raises(ValidationError, match="http"):
+        Settings()
+
+
+TORCH_FREE = """
+import sys, tempfile
+from pathlib import Path
+import httpx
+from service.settings import Settings
+from tests.support.fake_vllm import FakeUpstream
+from tests.support.serving import start_gateway
+
+up = FakeUpstream("gpu1").start()
+settings = Settings(data_dir=Path(tempfile.mkdtemp()), database_url=None, redis_url=sys.argv[1], workers=0,
+                    engine="inprocess", serving_backend="openai-upstream", upstream_urls=[up.url])
+gw = start_gateway(settings)
+reply = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": "Bearer " + gw.key()},
+                   json={"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+gw.stop()
+up.stop()
+heavy = [m for m in ("torch", "transformers", "peft", "gpu_runtime.engine") if m in sys.modules]
+print(reply.status_code, ",".join(heavy))
+"""
+
+
+def test_a_replica_serving_through_upstreams_imports_no_torch(clean_redis: str) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE, clean_redis], cwd=root, capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "200", result.stdout
