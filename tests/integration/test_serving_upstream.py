@@ -265,6 +265,34 @@ def test_alias_flips_only_when_every_healthy_upstream_holds_the_version(
     assert chat(http(gateway)).json()["choices"][0]["message"]["content"].startswith(old)
 
 
+def test_two_replicas_serve_the_same_version_through_the_pool(
+    gateway: LiveGateway, upstreams: list[FakeUpstream], tmp_path: Path
+) -> None:
+    """A deploy on replica A is served by replica B through the upstreams within 2 s (issue 12's target)."""
+    other = start_gateway(gateway.settings)  # same database, data directory and Redis
+    try:
+        client_b = httpx.Client(
+            base_url=other.url, headers={"Authorization": f"Bearer {gateway.key()}"}, timeout=30
+        )
+        adapter = make_adapter(tmp_path, 7)
+        name = lora_name(engine_hash(adapter))
+        deployed = deploy(gateway, adapter)
+        started = time.monotonic()
+
+        def b_serves_it() -> bool:
+            reply = chat(client_b)
+            return reply.status_code == 200 and reply.json()["system_fingerprint"] == deployed["fingerprint"]
+
+        wait_for(b_serves_it, 2.0, "replica B did not serve the new version within 2 s")
+        assert time.monotonic() - started < 2.0
+        a, b = chat(http(gateway)).json(), chat(client_b).json()
+        assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+        assert a["choices"][0]["message"]["content"].startswith(name)
+        assert all(up.app.served[name] > 0 for up in upstreams)  # spread over the pool by both replicas
+    finally:
+        other.stop()
+
+
 def test_duplicate_and_unknown_names_behave_like_vllm(upstreams: list[FakeUpstream], tmp_path: Path) -> None:
     adapter = make_adapter(tmp_path, 6)
     up = upstreams[0].url
