@@ -112,6 +112,7 @@ async def sweep_jobs(resources: Resources, report: SweepReport) -> None:
                     ForgetRequest.status,
                     ForgetRequest.attempt,
                     ForgetRequest.heartbeat_at,
+                    ForgetRequest.updated_at,
                     ForgetRequest.stages,
                 ).where(ForgetRequest.status.in_([s.value for s in ACTIVE]))
             )
@@ -147,6 +148,14 @@ async def sweep_jobs(resources: Resources, report: SweepReport) -> None:
             beat = row.heartbeat_at
             if beat is not None and now - beat > stall:
                 reason = f"no heartbeat for {int((now - beat).total_seconds())} s (worker died?)"
+            elif beat is None:
+                # A worker took the job but never claimed the request (its claim writes the first
+                # heartbeat in milliseconds): it died in between. arq keeps the job's in-progress
+                # marker for the job's whole timeout (hours), so count from the enqueue instead.
+                since = pending.get(job_id) or row.updated_at
+                if since is not None and now - since > stall:
+                    waited = int((now - since).total_seconds())
+                    reason = f"job taken {waited} s ago and never started (worker died?)"
         elif state == JobStatus.complete:
             reason = "job ended without finishing the stage"
         if reason is None:
