@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar import Response, route
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     Components,
@@ -193,12 +194,13 @@ def operation(
     optional_headers: dict[str, dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
     media_type: str = "application/json",
+    optional_body: bool = False,
 ) -> type[Operation]:
     """An ``operation_class`` for what a handler checks itself (so it can answer 400 in its own words).
 
     ``required_headers`` maps a header to the JSON Schema of its value: it is documented as required
     with that schema; ``optional_headers`` likewise, not required. ``body`` is the JSON Schema of a body
-    the handler parses itself.
+    the handler parses itself. ``optional_body``: the body may be left out (``data: X | None = None``).
     """
     headers = {**(optional_headers or {}), **(required_headers or {})}
     required = set(required_headers or {})
@@ -216,5 +218,22 @@ def operation(
                     content={media_type: OpenAPIMediaType(schema=body)},  # type: ignore[arg-type]
                     required=True,
                 )
+            if optional_body and isinstance(self.request_body, RequestBody):
+                self.request_body.required = False
 
     return Documented
+
+
+def allow(*methods: str) -> Any:
+    """An OPTIONS handler answering ``Allow: methods``, for a path with several handlers.
+
+    Litestar builds the automatic OPTIONS handler when a path's first handler is registered and keeps
+    it when more handlers join that path, so its ``Allow`` header lists only the first one's method.
+    """
+    value = ", ".join(sorted({*methods, "OPTIONS"}))
+
+    @route("/", http_method=["OPTIONS"], include_in_schema=False, status_code=204)
+    async def options(self: Any) -> Response[None]:
+        return Response(content=None, status_code=204, headers={"Allow": value})
+
+    return options

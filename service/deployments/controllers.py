@@ -12,7 +12,7 @@ from msgspec import Meta, Struct
 
 from service.auth.dependencies import Principal, Role, provide_principal, require_role
 from service.core.errors import Forbidden
-from service.core.openapi import SECURITY, errors, operation
+from service.core.openapi import SECURITY, allow, errors, operation
 from service.core.state import Resources
 from service.deployments import services
 from service.deployments.idempotency import once
@@ -99,6 +99,12 @@ _IDEMPOTENCY_KEY = operation(
         "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"\S"}
     }
 )
+_IDEMPOTENCY_KEY_OPTIONAL_BODY = operation(
+    optional_headers={
+        "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"\S"}
+    },
+    optional_body=True,
+)
 _SWAP_ERRORS = errors(
     400,
     401,
@@ -121,6 +127,7 @@ class DeploymentsController(Controller):
     tags = ["Deployments"]
     dependencies = {"principal": Provide(provide_principal)}
     security = SECURITY
+    options = allow("GET", "POST")
 
     @get("/", summary="What each alias serves, and every adapter version", responses=errors(401))
     async def list_deployments(
@@ -183,7 +190,7 @@ class DeploymentsController(Controller):
         status_code=200,
         summary="Serve an earlier version of the alias again; optional Idempotency-Key",
         guards=[require_role(Role.SUBMITTER, Role.ADMIN)],
-        operation_class=_IDEMPOTENCY_KEY,
+        operation_class=_IDEMPOTENCY_KEY_OPTIONAL_BODY,
         responses=_SWAP_ERRORS,
     )
     async def rollback(

@@ -31,7 +31,7 @@ from service.audit import chain
 from service.audit.signing import Signer
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
 from service.core.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
-from service.core.openapi import AUTH, NO_NUL, SECURITY, errors, operation
+from service.core.openapi import AUTH, NO_NUL, SECURITY, allow, errors, operation
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.forget import idempotency, intake
@@ -164,6 +164,30 @@ async def _create(
     )
 
 
+# RFC 3339 date-times, as the document says (Litestar's own parsing also took bare numbers as epochs).
+Moment = Annotated[
+    str | None,
+    QueryParameter(
+        description="An RFC 3339 date-time with a time zone, e.g. 2025-01-01T00:00:00Z.",
+        schema_extra={"format": "date-time"},
+    ),
+]
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _moment(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if _RFC3339.fullmatch(value) is None:
+            raise ValueError
+        return datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise Unprocessable(
+            f"{name} must be an RFC 3339 date-time with a time zone (e.g. 2025-01-01T00:00:00Z)", param=name
+        ) from None
+
+
 def _encode_cursor(request_id: str) -> str:
     # The last request id of the page: opaque to clients, and a rule the OpenAPI document can state
     # (a base64 form let schema-valid cursors decode to bytes that are not text: 422 or worse).
@@ -227,6 +251,7 @@ class ForgetRequestController(Controller):
     tags = ["forget requests"]
     dependencies = AUTH_DEPENDENCIES
     security = SECURITY
+    options = allow("GET", "POST")
 
     @post(
         "/",
@@ -321,12 +346,8 @@ class ForgetRequestController(Controller):
             ),
         ] = None,
         subject: Annotated[str | None, QueryParameter(schema_extra={"pattern": NO_NUL})] = None,
-        created_after: Annotated[
-            datetime | None, QueryParameter(description="With a time zone, e.g. 2025-01-01T00:00:00Z.")
-        ] = None,
-        created_before: Annotated[
-            datetime | None, QueryParameter(description="With a time zone, e.g. 2025-01-01T00:00:00Z.")
-        ] = None,
+        created_after: Moment = None,
+        created_before: Moment = None,
         due: Annotated[
             str | None,
             QueryParameter(description="overdue or due_soon", schema_extra={"enum": ["overdue", "due_soon"]}),
@@ -350,13 +371,11 @@ class ForgetRequestController(Controller):
             if "\x00" in subject:
                 raise BadRequest("subject contains a NUL character (U+0000); remove it", param="subject")
             query = query.where(ForgetRequest.subject == subject)
-        for name, moment in (("created_after", created_after), ("created_before", created_before)):
-            if moment is not None and moment.tzinfo is None:
-                raise Unprocessable(f"{name} needs a time zone (e.g. 2025-01-01T00:00:00Z)", param=name)
-        if created_after is not None:
-            query = query.where(ForgetRequest.created_at >= created_after)
-        if created_before is not None:
-            query = query.where(ForgetRequest.created_at < created_before)
+        after, before = _moment("created_after", created_after), _moment("created_before", created_before)
+        if after is not None:
+            query = query.where(ForgetRequest.created_at >= after)
+        if before is not None:
+            query = query.where(ForgetRequest.created_at < before)
         if due is not None:
             now = utcnow()
             open_states = [s.value for s in Status if s.value not in _CLOSED]
@@ -407,6 +426,9 @@ class ForgetRequestController(Controller):
         "A stream ends after `sse_max_lifetime_s`, when the key is revoked, or at shutdown: reconnect "
         "with `Last-Event-ID`. Too many open streams per key or tenant: 429.",
         media_type="text/event-stream",
+        operation_class=operation(
+            optional_headers={"Last-Event-ID": {"type": "string", "pattern": "^[0-9]{0,18}$"}}
+        ),
         responses=errors(*AUTH, 404, 422, 429, s422="`Last-Event-ID` is not an event id of this stream."),
     )
     async def events(
@@ -438,6 +460,7 @@ class ForgetRequestController(Controller):
         guards=[SUBMIT],
         status_code=202,
         summary="Cancel a request",
+        operation_class=operation(optional_body=True),
         responses=errors(
             400, *AUTH, 404, 409, 413, 422, s409="The request has finished; it cannot be cancelled."
         ),

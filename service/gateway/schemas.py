@@ -24,7 +24,8 @@ MAX_N = 128  # OpenAI's bound on n (only 1 is served here)
 class _Body(BaseModel):
     # Unknown fields are ignored as the OpenAI API does (clients send vendor extras); fields we know
     # but cannot honour are rejected below with a message that names them.
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # Strict: a type the document does not allow is refused (lax parsing took 0 for false, "5" for 5).
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
 
     # OpenAI's ranges; every value that passes here is one the engine can run (a row that fails in the
     # engine fails alone, but bad input is refused before it reaches a shared batch).
@@ -85,13 +86,13 @@ class _ParamError(ValueError):
 
 
 class _TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[_TextPart] | None = None
@@ -156,6 +157,16 @@ class CompletionBody(_Body):
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request (batches of prompts are not supported: send several requests)."""
+        prompt = self._single_prompt()
+        # Refused here, as the document says, not only by the engine (a replica without a model took
+        # an empty prompt and answered 503).
+        if not prompt:
+            raise BadRequest("prompt must not be empty", param="prompt", code="invalid_value")
+        if isinstance(prompt, list) and min(prompt) < 0:
+            raise BadRequest("token ids must not be negative", param="prompt", code="invalid_value")
+        return prompt
+
+    def _single_prompt(self) -> str | list[int]:
         p = self.prompt
         if isinstance(p, str):
             return p

@@ -148,6 +148,7 @@ class ReviewController(Controller):
         "/tasks/claim",
         status_code=200,
         summary="Claim the next task (204 when none is left); a claim expires after the task time limit",
+        operation_class=operation(optional_body=True),
         responses={
             **errors(400, *AUTH, 413, 422),
             204: ResponseSpec(data_container=None, description="No task is left to claim."),
