@@ -31,7 +31,7 @@ from service.audit import chain
 from service.audit.signing import Signer
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
 from service.core.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
-from service.core.openapi import AUTH, NO_NUL, SECURITY, allow, errors, operation
+from service.core.openapi import AUTH, NO_NUL, PLAIN, SECURITY, allow, errors, operation
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.forget import idempotency, intake
@@ -407,6 +407,7 @@ class ForgetRequestController(Controller):
         "/{request_id:str}",
         guards=[READ],
         summary="A forget request: status, progress, ETA, due date",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404),
     )
     async def get_one(
@@ -540,6 +541,7 @@ class ForgetRequestController(Controller):
         "/{request_id:str}/audit",
         guards=[READ],
         summary="The request's audit trail (hash-chained)",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404),
     )
     async def audit(
@@ -586,6 +588,7 @@ class ForgetRequestController(Controller):
         guards=[READ],
         summary="Signed certificate (Ed25519) of a deployed request",
         description=f"Verify the signature over the canonical JSON of `certificate` with {certificates.PUBLIC_KEY_PATH}.",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404, 409, s409="The request has no certificate yet (not deployed)."),
     )
     async def certificate(

@@ -23,7 +23,7 @@ from litestar.response import Stream
 
 from service.auth.dependencies import Principal, provide_principal
 from service.core.errors import BadRequest, ServiceError, error_body
-from service.core.openapi import SECURITY, errors, operation
+from service.core.openapi import PLAIN, SECURITY, errors, operation
 from service.core.state import Resources
 from service.deployments.serving import fingerprint, get_serving
 from service.gateway import limits
@@ -187,7 +187,7 @@ class OpenAIController(Controller):
     ) -> dict[str, Any]:
         return {"object": "list", "data": await _models(resources, principal)}
 
-    @get("/models/{model_id:path}", summary="One model", responses=errors(401, 404))
+    @get("/models/{model_id:path}", summary="One model", operation_class=PLAIN, responses=errors(401, 404))
     async def get_model(
         self,
         model_id: FromPath[str],

@@ -10,6 +10,7 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
+from service.core.openapi import PLAIN
 from service.core.state import Resources
 from service.db import ping as db_ping
 
@@ -64,6 +65,7 @@ class HealthController(Controller):
         "/ready",
         summary="Database, Redis, workers and served aliases are fine",
         description="503 names each failed dependency, and each alias this replica cannot serve (alias:<name>).",
+        operation_class=PLAIN,
         responses={503: ResponseSpec(data_container=dict[str, Any], description="Not ready: see `failed`.")},
     )
     async def ready(self, resources: NamedDependency[Resources]) -> Response[dict[str, Any]]:

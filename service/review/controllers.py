@@ -21,7 +21,7 @@ from sqlalchemy import select
 from service.artifacts.store import ArtifactStore, store_for
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
 from service.core.errors import PayloadTooLarge, Unprocessable
-from service.core.openapi import AUTH, SECURITY, errors, operation
+from service.core.openapi import AUTH, PLAIN, SECURITY, errors, operation
 from service.core.state import Resources
 from service.forget import service as forget_service
 from service.review import answers, services
@@ -105,6 +105,7 @@ class ReviewController(Controller):
     @get(
         "/tasks",
         summary="Review tasks of your tenant (without their input; filter by status, kind, request)",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 422),
     )
     async def list_tasks(
@@ -135,7 +136,12 @@ class ReviewController(Controller):
             rows = list((await session.execute(query)).scalars())
         return {"object": "list", "data": [task_out(t, principal, full=False) for t in rows]}
 
-    @get("/tasks/{task_id:str}", summary="One review task with its input", responses=errors(*AUTH, 404))
+    @get(
+        "/tasks/{task_id:str}",
+        summary="One review task with its input",
+        operation_class=PLAIN,
+        responses=errors(*AUTH, 404),
+    )
     async def get_task(
         self, task_id: FromPath[str], principal: PrincipalDep, resources: ResourcesDep
     ) -> dict[str, Any]:
@@ -178,6 +184,7 @@ class ReviewController(Controller):
         "/tasks/{task_id:str}/claim",
         status_code=200,
         summary="Claim this task",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404, 409, s409="The task is resolved, or has all the reviewers it needs."),
     )
     async def claim(
@@ -228,6 +235,7 @@ class ReviewController(Controller):
         "/tasks/{task_id:str}/release",
         status_code=200,
         summary="Give a claimed task back (skip it)",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404),
     )
     async def release(
@@ -243,6 +251,7 @@ class ReviewController(Controller):
     @get(
         "/requests/{request_id:str}",
         summary="A request's review: its gates and how many tasks are open",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404),
     )
     async def request_summary(
@@ -253,7 +262,7 @@ class ReviewController(Controller):
             row = await forget_service.get_for_tenant(session, principal.tenant, request_id)
             return await services.request_summary(session, row)
 
-    @get("/gates", summary="Review gates of your tenant", responses=errors(*AUTH))
+    @get("/gates", summary="Review gates of your tenant", operation_class=PLAIN, responses=errors(*AUTH))
     async def list_gates(
         self,
         principal: PrincipalDep,
@@ -288,6 +297,7 @@ class ReviewController(Controller):
         description="One object per line: `task_id`, `kind`, `input` (the fields shown to reviewers),"
         " `output_fields` (what an answer holds), and `known_solution` for control tasks.",
         media_type="application/x-ndjson",
+        operation_class=PLAIN,
         responses=errors(*AUTH, 404),
     )
     async def export(

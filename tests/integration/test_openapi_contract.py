@@ -145,3 +145,75 @@ def test_openapi_contract_holds(tmp_path: Path, clean_redis: str) -> None:
     report = "\n".join([*lines, *errors])
     print(report)
     assert not errors and not statistic.unique_failures_map, report
+
+
+async def test_what_the_fuzzer_found_stays_fixed(settings: Settings) -> None:
+    """Regressions for the contract run's findings, each on its own."""
+    from tests.support.forget import app_client, auth, body, make_key
+
+    settings = settings.model_copy(update={"engine": "none"})
+    async with app_client(settings) as client:
+        key = await make_key(client, role="admin")
+        headers = auth(key)
+        # A bare number was taken as an epoch; the document says RFC 3339 date-time.
+        epoch = await client.get("/v1/forget-requests", params={"created_before": "0.5"}, headers=headers)
+        assert epoch.status_code == 422 and epoch.json()["error"]["param"] == "created_before"
+        dated = await client.get(
+            "/v1/forget-requests", params={"created_after": "2025-01-01T00:00:00Z"}, headers=headers
+        )
+        assert dated.status_code == 200, dated.text
+        # A retention that overflows the purge time is refused up front.
+        huge = body(options={"retention_s": 1e15})
+        refused = await client.post("/v1/forget-requests", json=huge, headers=auth(key, str(uuid.uuid4())))
+        assert refused.status_code == 422, refused.text
+        # Cursors are request ids, and the next page starts after the last id of this one.
+        for _ in range(3):
+            created = await client.post(
+                "/v1/forget-requests", json=body(), headers=auth(key, str(uuid.uuid4()))
+            )
+            assert created.status_code == 202, created.text
+        first = (await client.get("/v1/forget-requests", params={"limit": 2}, headers=headers)).json()
+        assert first["next_cursor"] == first["data"][-1]["id"]
+        rest = await client.get(
+            "/v1/forget-requests", params={"limit": 2, "cursor": first["next_cursor"]}, headers=headers
+        )
+        assert [r["id"] for r in rest.json()["data"]] == [] or rest.json()["data"][0]["id"] < first[
+            "next_cursor"
+        ]
+        # OPTIONS listed only the method registered first on a path with two handlers.
+        for path in ("/v1/forget-requests", "/v1/deployments"):
+            options = await client.options(path, headers=headers)
+            assert set(options.headers["allow"].split(", ")) == {"GET", "OPTIONS", "POST"}, path
+        # The OpenAI routes parse strictly, as documented (0 was taken for false), and refuse an empty
+        # or negative token-id prompt themselves (a replica without a model answered 503).
+        chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "logprobs": 0}
+        lax = await client.post("/v1/chat/completions", json=chat, headers=headers)
+        assert lax.status_code == 400 and lax.json()["error"]["param"] == "logprobs", lax.text
+        for prompt in ([[]], [], "", [-1]):
+            empty = await client.post(
+                "/v1/completions", json={"model": "chat", "prompt": prompt}, headers=headers
+            )
+            assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt", (
+                prompt,
+                empty.text,
+            )
+
+
+def test_every_error_response_is_the_envelope(tmp_path: Path) -> None:
+    """The document's error responses all reference the envelope; authenticated routes declare security."""
+    from service.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data", redis_url="redis://unused", database_url=None)
+    doc = create_app(settings).openapi_schema.to_schema()
+    assert doc["components"]["schemas"]["ErrorResponse"]["required"] == ["error"]
+    assert set(doc["components"]["securitySchemes"]) == {"BearerAuth", "ApiKeyAuth"}
+    public = {"/health/live", "/health/ready", "/v1/certificates/public-key"}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for status, response in op["responses"].items():
+                if int(status) >= 400 and path != "/health/ready":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref == "#/components/schemas/ErrorResponse", (method, path, status)
+            if path not in public:
+                assert op.get("security"), (method, path)
+                assert "401" in op["responses"], (method, path)
