@@ -408,7 +408,9 @@ def evaluate(
         by_kind["completion"] = [
             Question("completion", p.prompt, p.reference, p.chat) for p in derive_probes(spec, terms)
         ]
-    model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), unlearn_dir / "delta")
+    from .compose import served_delta_dir  # what is served: a re-compressed composition included
+
+    model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), served_delta_dir(unlearn_dir))
     report: dict[str, Any] = {"terms": len(terms), "kinds": {}}
     vocabulary = vocabulary_of([*spec.documents, *(qa.question + " " + qa.answer for qa in spec.qa_pairs)])
     vocabulary |= vocabulary_of(

@@ -99,6 +99,11 @@ class PipelineOptions(_Strict):
     block_size: int = Field(default=512, ge=8, le=8192, description="Tokens per block.")
     lora_rank: int = Field(default=8, ge=1, le=512)
     lora_alpha: float = Field(default=16.0, gt=0)
+    max_composed_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        default=64,
+        description="Rank cap of the served (composed) adapter: past it the composition is re-compressed "
+        "by a truncated SVD (compose.py). One of vLLM's --max-lora-rank values; serve with that flag >= it.",
+    )
     reinforce_epochs: int = Field(default=8, ge=1, le=100)
     reinforce_lr: float = Field(default=2e-3, gt=0)
     unlearn_epochs: int | None = Field(

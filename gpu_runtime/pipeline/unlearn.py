@@ -318,10 +318,15 @@ def unlearn(
     with atomic_dir(out, input_hash, {"metrics": metrics}) as tmp:
         model.save_pretrained(tmp / "delta", safe_serialization=True)
         rep(0.95, "composing the served adapter")
-        if deployed_adapter is not None:
-            concat_adapters(Path(deployed_adapter), tmp / "delta", tmp / "served")
-        else:
-            concat_adapters(None, tmp / "delta", tmp / "served")
+        # Past the rank cap the served adapter is re-compressed; the evaluation then runs on it
+        # (served_delta, see compose.served_delta_dir) and the manifest reports the error.
+        metrics["composition"] = concat_adapters(
+            Path(deployed_adapter) if deployed_adapter is not None else None,
+            tmp / "delta",
+            tmp / "served",
+            max_rank=o.max_composed_rank,
+            served_delta=tmp / "served_delta",
+        )
         identity = model_identity(base_model_dir, deployed_adapter)
         manifest = {
             "format": "obliviate.adapter/1",
