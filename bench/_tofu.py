@@ -19,6 +19,8 @@ __all__ = [
     "PAIRS_PER_AUTHOR",
     "SPLITS",
     "TOFU_AUTHORS",
+    "VALIDATION",
+    "AuthorPlan",
     "Record",
     "Selection",
     "author_name",
@@ -28,6 +30,8 @@ __all__ = [
     "load_tofu",
     "model_utility",
     "parse_records",
+    "plan_authors",
+    "plan_selection",
     "retain_truth_score",
     "rouge_l_recall",
     "select",
@@ -173,17 +177,30 @@ def subjects_in_order(records: Iterable[Record]) -> list[str]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The records of one benchmark run: what to forget and what to keep."""
+    """The records of one benchmark run: what to forget and what to keep.
+
+    ``universe``: every pair the finetuned model learns, in record order (TOFU: one finetuned model
+    for all splits); empty means forget + retain. ``eval_subjects``: the retain authors whose
+    truth-ratio pairs measure model utility (None: every retain author with such data).
+    """
 
     forget: list[Record]
     retain: list[Record]
     forget_subjects: list[str]
     retain_subjects: list[str]
+    universe: list[Record] = field(default_factory=list)
+    eval_subjects: tuple[str, ...] | None = None
+
+    @property
+    def trained(self) -> list[Record]:
+        """What the finetuned model is trained on."""
+        return self.universe or [*self.retain, *self.forget]
 
     @property
     def retain_eval(self) -> list[Record]:
         """Retain pairs that carry paraphrased/perturbed answers (the truth ratio needs them)."""
-        return [r for r in self.retain if r.has_truth_ratio]
+        keep = None if self.eval_subjects is None else set(self.eval_subjects)
+        return [r for r in self.retain if r.has_truth_ratio and (keep is None or r.subject in keep)]
 
 
 def select(records: Sequence[Record], forget_subjects: Sequence[str], n_authors: int | None) -> Selection:
@@ -221,6 +238,77 @@ def select_split(records: Sequence[Record], split: str, n_authors: int | None) -
         raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
     order = subjects_in_order(records)
     return select(records, order[-SPLITS[split] :], n_authors)
+
+
+@dataclass(frozen=True)
+class AuthorPlan:
+    """Which authors play which part, for the validation split and every test split at once.
+
+    ``universe``: the authors the finetuned model learns (the forget10 authors + retain authors,
+    those with truth-ratio data first), in record order. ``test_forget``: forget01/05/10 forget the
+    last 2/10/20 authors, as TOFU does. ``validation``: the forget authors of the validation split,
+    taken from the retain authors with truth-ratio data, so no test split forgets them; methods are
+    tuned there only. ``utility``: the remaining retain authors with truth-ratio data; model utility
+    is measured on them on every split, the validation split included (never on a validation
+    author, never on a forgotten one).
+    """
+
+    universe: tuple[str, ...]
+    validation: tuple[str, ...]
+    test_forget: dict[str, tuple[str, ...]]
+    utility: tuple[str, ...]
+
+    def forget_of(self, split: str) -> tuple[str, ...]:
+        if split == VALIDATION:
+            return self.validation
+        if split not in self.test_forget:
+            raise ValueError(f"unknown split {split!r}; choose from {[VALIDATION, *self.test_forget]}")
+        return self.test_forget[split]
+
+
+VALIDATION = "validation"
+
+
+def plan_authors(records: Sequence[Record], n_authors: int = 40, n_validation: int = 2) -> AuthorPlan:
+    """Lay out the authors (see ``AuthorPlan``); ``n_authors`` in all, forget10's 20 included."""
+    order = subjects_in_order(records)
+    largest = max(SPLITS.values())
+    if len(order) <= largest:
+        raise ValueError(f"{len(order)} authors: forget10 needs more than {largest}")
+    forget10 = order[-largest:]
+    with_tr = {r.subject for r in records if r.has_truth_ratio}
+    others = [s for s in order[:-largest] if s in with_tr] + [s for s in order[:-largest] if s not in with_tr]
+    n_retain = n_authors - largest
+    pool = others[:n_retain]
+    tr_pool = [s for s in pool if s in with_tr]
+    if n_validation < 1 or len(tr_pool) < n_validation + 1:
+        raise ValueError(
+            f"--authors {n_authors}: {len(tr_pool)} retain author(s) with truth-ratio data; need "
+            f"{n_validation} for validation and at least one for model utility"
+        )
+    validation = tr_pool[-n_validation:]
+    keep = set(forget10) | set(pool)
+    return AuthorPlan(
+        universe=tuple(s for s in order if s in keep),
+        validation=tuple(validation),
+        test_forget={split: tuple(order[-n:]) for split, n in SPLITS.items()},
+        utility=tuple(s for s in tr_pool if s not in validation),
+    )
+
+
+def plan_selection(records: Sequence[Record], plan: AuthorPlan, split: str) -> Selection:
+    """The selection of one split (``validation`` or a test split) under ``plan``."""
+    forget = set(plan.forget_of(split))
+    universe = set(plan.universe)
+    retain = [s for s in plan.universe if s not in forget]
+    return Selection(
+        forget=[r for r in records if r.subject in forget],
+        retain=[r for r in records if r.subject in universe and r.subject not in forget],
+        forget_subjects=[s for s in plan.universe if s in forget],
+        retain_subjects=retain,
+        universe=[r for r in records if r.subject in universe],
+        eval_subjects=plan.utility,
+    )
 
 
 _NAME = re.compile(r"\b[A-Z][\w'’\-]+(?:\s+[A-Z][\w'’\-]+)+")
@@ -263,43 +351,34 @@ def author_name(records: Iterable[Record]) -> str | None:
 # ----------------------------------------------------------------------------------------------
 # Metrics
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall: longest common subsequence of words / words in the reference.
+    """ROUGE-L recall of ``reference`` by ``prediction``: the project's one implementation
+    (``gpu_runtime.pipeline.leaks.rouge_l_recall``: ``rouge-score`` with Porter stemming, as TOFU).
 
-    Words are lower-cased alphanumeric runs (no stemming, unlike TOFU's ``rouge_score`` with
-    ``use_stemmer=True``; the difference is the same for every method).
+    An empty reference scores 1.0 (nothing to recall), an empty prediction 0.0.
     """
-    ref, pred = _words(reference), _words(prediction)
-    if not ref:
-        return 0.0
-    if not pred:
-        return 0.0
-    prev = [0] * (len(pred) + 1)
-    for a in ref:
-        cur = [0] * (len(pred) + 1)
-        for j, b in enumerate(pred, start=1):
-            cur[j] = prev[j - 1] + 1 if a == b else max(prev[j], cur[j - 1])
-        prev = cur
-    return prev[-1] / len(ref)
+    from gpu_runtime.pipeline.leaks import rouge_l_recall as _rouge
+
+    return _rouge(prediction, reference)
 
 
 def truth_ratio(perturbed_losses: Sequence[float], paraphrased_loss: float) -> float:
-    """TOFU's R_truth for one question from average per-token losses (negative log-likelihoods).
+    """TOFU's truth ratio for one question, as TOFU's released evaluation code computes it.
 
-    R = mean over perturbed answers of P(perturbed)^(1/len) divided by P(paraphrased)^(1/len),
-    where P^(1/len) = exp(-average per-token loss). R < 1: the model prefers the true answer.
+    From average per-token losses (negative log-likelihoods, EOS included): the perturbed answers'
+    losses are *averaged* first, so R = exp(paraphrased_loss - mean(perturbed_losses)) =
+    geometric mean over perturbed answers of P(a_pert|q)^(1/|a|), divided by P(a_para|q)^(1/|a|).
+    (The paper's formula reads as an arithmetic mean of the probabilities; the code, which produced
+    the published numbers, takes the geometric mean: we follow the code.) R < 1: the model prefers
+    the true (paraphrased) answer. TOFU's code stores the reciprocal exp(mean pert - para) for the
+    KS test; a KS p-value is unchanged by that monotone map, and its retain term
+    max(0, 1 - 1/stat) is ``retain_truth_score`` of this R.
     """
     if not perturbed_losses:
         raise ValueError("truth ratio needs at least one perturbed answer")
-    num = sum(math.exp(-lp) for lp in perturbed_losses) / len(perturbed_losses)
-    return num / math.exp(-paraphrased_loss)
+    mean_perturbed = sum(perturbed_losses) / len(perturbed_losses)
+    return math.exp(paraphrased_loss - mean_perturbed)
 
 
 def forget_quality(unlearned_ratios: Sequence[float], retain_model_ratios: Sequence[float]) -> float:

@@ -1,15 +1,21 @@
-"""Unlearning quality benchmark: the TOFU protocol on a tiny model trained here, WHP vs baselines.
+"""Unlearning quality benchmark: the TOFU protocol on tiny models trained here, a fair table.
 
-Trains a "finetuned" model on the chosen authors (forget + retain) and a "retain-only" model on the
-retain authors (both cached by content hash, sharing one tokenizer), unlearns the forget authors
-with WHP through the real pipeline (``gpu_runtime.pipeline.run.run_stage``) and with gradient
-ascent, gradient difference and NPO (LoRA, same adapter, epochs, batch size and retain batches as
-WHP's unlearn stage), and reports TOFU's forget quality and model utility per method.
+One finetuned model learns every author of the run (``--authors``, default 40: TOFU's forget10
+authors + retain authors with truth-ratio data; see ``bench._tofu.AuthorPlan``); a retain-only model
+per split learns all but the split's forget authors (both cached by content and code hash, sharing
+one tokenizer). Methods: GA, GradDiff (``gd``), NPO and SimNPO baselines (LoRA, as in
+open-unlearning), WHP (``method: whp``) and the pipeline's default (``combined``), the last two
+through the real pipeline (``gpu_runtime.pipeline.run.run_stage``).
 
-    python -m bench.quality --split forget01 --authors 20 --json forget01.json
-    python -m bench.quality --data my.json --forget-subjects "Ada" "Bob" --authors 10
+Every method is tuned on a validation split whose forget authors no test split contains
+(``GRIDS``, ``CHOICE_RULE``); the test splits only run the chosen configurations, over seeds:
 
-Everything runs on CPU; see ``docs/benchmarks.md`` for results and the machine.
+    python -m bench.quality --split validation --json val.json
+    python -m bench.quality --split forget01 --tuned val.json --seeds 0 1 2 --json f01.json --plot docs/tofu-forget01.svg
+
+Rows are cached under the model cache (``tofu-runs/``), keyed on the data, the configuration, the
+reference models and the source of this file, ``bench/_tofu.py`` and ``gpu_runtime/pipeline``: a
+code change never reuses a stale number. Everything runs on CPU; see ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from bench._tofu import (
+    VALIDATION,
     Record,
     Selection,
     author_name,
@@ -40,10 +48,10 @@ from bench._tofu import (
     load_records_file,
     load_tofu,
     model_utility,
+    plan_authors,
+    plan_selection,
     retain_truth_score,
     rouge_l_recall,
-    select,
-    select_split,
     truth_ratio,
 )
 
@@ -52,7 +60,10 @@ IGNORE = -100
 TRAIN_FORMAT = 1
 #: Bump when the evaluation changes (cached evaluations of the reference models are keyed on it).
 EVAL_FORMAT = 1
-METHODS = ("whp", "ga", "gd", "npo")
+METHODS = ("ga", "gd", "npo", "simnpo", "whp", "combined")
+BASELINES = ("ga", "gd", "npo", "simnpo")
+#: The pipeline's default method (``PipelineOptions.method``): the one the targets are about.
+DEFAULT_METHOD = "combined"
 
 
 def log(msg: str) -> None:
@@ -87,24 +98,65 @@ class BaseTrainConfig:
 
 @dataclass(frozen=True)
 class UnlearnConfig:
-    """Shared budget of every unlearning method (WHP's unlearn stage and the baselines).
+    """One unlearning run: the method's hyper-parameters and the budget shared by all methods.
 
-    Baselines train the same LoRA adapter (rank, alpha, all linear layers) for the same epochs and
-    batch size over the forget set, each forget batch paired with one retain batch (GD, NPO) as in
-    WHP's unlearn stage. ``npo_beta`` and the retain weight follow open-unlearning's defaults.
+    Every method trains the same LoRA adapter (rank, alpha, all linear layers: the pipeline's
+    ``lora_config``) with the same batch size; a forget batch is paired with one retain batch (GD,
+    NPO, SimNPO; WHP and combined use the pipeline's own retain term). ``epochs``, ``lr`` and
+    ``beta`` (NPO / SimNPO inverse temperature, combined's NPO term) and ``whp_alpha`` are tuned per
+    method on the validation split (``GRIDS``); ``seed`` sets the adapter's initialisation and the
+    batch order (the reference models are trained once, with seed 0).
     """
 
-    epochs: int = 8
+    method: str = "combined"
+    epochs: int = 20
+    lr: float = 1e-3
+    beta: float = 0.1
+    whp_alpha: float = 5.0
+    npo_weight: float = 1.0
     batch_size: int = 8
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    whp_lr: float = 1e-3
-    baseline_lr: float = 1e-3
-    whp_alpha: float = 5.0
     reinforce_epochs: int = 8
-    npo_beta: float = 0.1
     retain_weight: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+        if self.epochs < 1 or self.lr <= 0 or self.beta <= 0:
+            raise ValueError(f"epochs, lr and beta must be positive: {self}")
+
+    def label(self) -> str:
+        """The hyper-parameters that the grids vary, e.g. ``npo lr=0.001 beta=0.1 ep=20``."""
+        parts = [self.method, f"lr={self.lr:g}", f"ep={self.epochs}"]
+        if self.method in ("npo", "simnpo", "combined"):
+            parts.append(f"beta={self.beta:g}")
+        if self.method == "combined" and self.npo_weight != 1.0:
+            parts.append(f"npo_w={self.npo_weight:g}")
+        if self.method == "whp":
+            parts.append(f"alpha={self.whp_alpha:g}")
+        return " ".join(parts)
+
+
+#: The validation grid of every method (tuned on the validation split only; see ``choose``).
+#: Baselines: the learning rate (and NPO/SimNPO's beta) over the pipeline's 20-epoch budget;
+#: whp: the paper set-up (8 epochs) with alpha and lr; combined: the pipeline's defaults (20 epochs,
+#: lr 3e-3, beta 0.1) and lower beta / lr, the directions the calibration in forgetting.md points to.
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "ga": [{"lr": 2e-4}, {"lr": 5e-4}],
+    "gd": [{"lr": 5e-4}, {"lr": 1e-3}],
+    "npo": [{"lr": 1e-3, "beta": 0.1}, {"lr": 3e-3, "beta": 0.03}],
+    "simnpo": [{"lr": 1e-3, "beta": 2.5}, {"lr": 3e-3, "beta": 2.5}],
+    "whp": [{"epochs": 8, "lr": 1e-3, "whp_alpha": 5.0}, {"epochs": 8, "lr": 1e-3, "whp_alpha": 10.0}],
+    "combined": [{"epochs": 20, "lr": 3e-3, "beta": 0.1}, {"epochs": 20, "lr": 3e-3, "beta": 0.03}],
+}
+#: The fixed rule that picks one configuration per method on the validation split.
+UTILITY_FLOOR = 0.95
+CHOICE_RULE = (
+    f"highest forget quality among configurations with utility >= {UTILITY_FLOOR} x finetuned "
+    "(ties: higher utility); if none reaches the floor, the highest utility"
+)
 
 
 @dataclass
@@ -119,6 +171,8 @@ class EvalResult:
     retain_rouge: float
     retain_truth: float
     samples: dict[str, list[str]] = field(default_factory=dict)
+    #: Share of greedy forget answers that ``gpu_runtime.pipeline.fluency.assess`` flags as broken.
+    forget_broken: float = float("nan")
 
     @property
     def utility(self) -> float:
@@ -203,15 +257,44 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _demo_code_hash() -> str:
-    """The demo model's tokenizer and architecture sources: a change there invalidates the cache."""
+def source_hash(sources: Sequence[str | bytes]) -> str:
+    """SHA-256 (16 hex digits) of source texts: the code part of every cache key."""
+    h = hashlib.sha256()
+    for src in sources:
+        data = src.encode() if isinstance(src, str) else src
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def _module_sources(*modules: Any) -> list[bytes]:
+    return [Path(str(m.__file__)).read_bytes() for m in modules]
+
+
+def train_code_hash() -> str:
+    """The code that trains the reference models: the demo model's tokenizer and architecture
+    modules and this file's training functions. A change there invalidates the cached models."""
+    import inspect
+
     import gpu_runtime.demo.model as demo_model
     import gpu_runtime.demo.tokenizer as demo_tokenizer
 
-    h = hashlib.sha256()
-    for module in (demo_model, demo_tokenizer):
-        h.update(Path(str(module.__file__)).read_bytes())
-    return h.hexdigest()[:16]
+    funcs = (
+        encode_qa,
+        pad_examples,
+        token_nll,
+        mean_token_nll,
+        _length_batches,
+        build_tokenizer,
+        train_base_model,
+    )
+    return source_hash(
+        [
+            *_module_sources(demo_model, demo_tokenizer),
+            *(inspect.getsource(f) for f in funcs),
+            str(TRAIN_FORMAT),
+        ]
+    )
 
 
 def _publish_dir(tmp: Path, target: Path) -> None:
@@ -231,7 +314,7 @@ def build_tokenizer(records: Sequence[Record], vocab_size: int, cache_dir: Path)
             "v": TRAIN_FORMAT,
             "corpus": corpus,
             "vocab": vocab_size,
-            "code": _demo_code_hash(),
+            "code": train_code_hash(),
         }
     )
     target = cache_dir / f"tofu-tok-{key[:16]}"
@@ -274,7 +357,7 @@ def train_base_model(
             "pairs": pairs,
             "tokenizer": tok_hash,
             "cfg": asdict(cfg),
-            "code": _demo_code_hash(),
+            "code": train_code_hash(),
             "torch": torch.__version__.split("+")[0],
         }
     )
@@ -439,15 +522,33 @@ def truth_ratios(model: Any, tokenizer: Any, records: Sequence[Record]) -> list[
     return out
 
 
-def evaluate(
-    model: Any, tokenizer: Any, sel: Selection, max_new_tokens: int, retain_eval_max: int | None
-) -> EvalResult:
-    """All TOFU measurements of one model on the forget set and the retain evaluation set."""
-    forget = sel.forget
+def broken_rate(answers: Sequence[str], vocabulary: set[str]) -> float:
+    """Share of ``answers`` that the pipeline's fluency check (text checks: repetition, non-words,
+    empty; no perplexity) flags as broken; ``vocabulary``: words of the corpus and the prompts."""
+    from gpu_runtime.pipeline.fluency import assess
+
+    if not answers:
+        return float("nan")
+    return sum(assess(a, vocabulary).broken for a in answers) / len(answers)
+
+
+def utility_pairs(sel: Selection, retain_eval_max: int | None) -> list[Record]:
+    """The retain pairs model utility is measured on (evenly spaced, at most ``retain_eval_max``)."""
     retain = sel.retain_eval or sel.retain
     if retain_eval_max is not None and len(retain) > retain_eval_max:
         step = len(retain) / retain_eval_max
         retain = [retain[int(i * step)] for i in range(retain_eval_max)]
+    return retain
+
+
+def evaluate(
+    model: Any, tokenizer: Any, sel: Selection, max_new_tokens: int, retain_eval_max: int | None
+) -> EvalResult:
+    """All TOFU measurements of one model on the forget set and the retain evaluation set."""
+    from gpu_runtime.pipeline.fluency import vocabulary_of
+
+    forget = sel.forget
+    retain = utility_pairs(sel, retain_eval_max)
     f_gen = greedy_answers(model, tokenizer, [r.question for r in forget], max_new_tokens)
     para_recs = [r for r in forget if r.paraphrased_question]
     p_gen = greedy_answers(
@@ -457,6 +558,7 @@ def evaluate(
     f_loss = answer_losses(model, tokenizer, [(r.question, r.answer) for r in forget])
     r_loss = answer_losses(model, tokenizer, [(r.question, r.answer) for r in retain])
     r_tr = truth_ratios(model, tokenizer, retain)
+    vocabulary = vocabulary_of(t for r in sel.trained for t in (r.question, r.answer))
     return EvalResult(
         forget_truth_ratios=truth_ratios(model, tokenizer, forget),
         forget_rouge=_mean([rouge_l_recall(g, r.answer) for g, r in zip(f_gen, forget, strict=True)]),
@@ -470,9 +572,10 @@ def evaluate(
         retain_rouge=_mean([rouge_l_recall(g, r.answer) for g, r in zip(r_gen, retain, strict=True)]),
         retain_truth=retain_truth_score(r_tr) if r_tr else float("nan"),
         samples={
-            "forget": [f"Q: {r.question}\nA: {g}" for r, g in list(zip(forget, f_gen, strict=True))[:3]],
+            "forget": [f"Q: {r.question}\nA: {g}" for r, g in list(zip(forget, f_gen, strict=True))[:4]],
             "retain": [f"Q: {r.question}\nA: {g}" for r, g in list(zip(retain, r_gen, strict=True))[:2]],
         },
+        forget_broken=broken_rate(f_gen, vocabulary),
     )
 
 
@@ -484,25 +587,35 @@ def _mean(xs: Sequence[float]) -> float:
 # Unlearning methods
 
 
-def run_whp(
+def run_pipeline_method(
     finetuned_dir: Path, sel: Selection, cfg: UnlearnConfig, work_dir: Path
 ) -> tuple[Path, dict[str, Any]]:
-    """WHP through the product pipeline (``run_stage``, as the worker runs it); adapter and stage info."""
+    """``whp`` or ``combined`` through the product pipeline (``run_stage``, as the worker runs it).
+
+    The author names (guessed from the answers) are the entity hints a requester would give; the
+    retain authors' pairs are the retain probes. Returns the adapter the product would serve and
+    per-stage timings.
+    """
     from gpu_runtime.pipeline.run import run_stage
     from gpu_runtime.pipeline.types import EntityHint, ForgetSpec, PipelineOptions, Probe, QAPair
 
+    if cfg.method not in ("whp", "combined"):
+        raise ValueError(f"not a pipeline method: {cfg.method!r}")
     hints = []
     for subject in sel.forget_subjects:
         name = author_name(r for r in sel.forget if r.subject == subject)
         if name:
             hints.append(EntityHint(term=name, kind="person"))
     options = PipelineOptions(
+        method=cfg.method,
         alpha=cfg.whp_alpha,
         lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         reinforce_epochs=cfg.reinforce_epochs,
         unlearn_epochs=cfg.epochs,
-        unlearn_lr=cfg.whp_lr,
+        unlearn_lr=cfg.lr,
+        npo_beta=cfg.beta,
+        npo_weight=cfg.npo_weight,
         batch_size=cfg.batch_size,
         retain_weight=cfg.retain_weight,
         seed=cfg.seed,
@@ -520,9 +633,9 @@ def run_whp(
         t0 = time.perf_counter()
         result = run_stage(name, finetuned_dir, spec, work_dir)
         timings[name] = round(time.perf_counter() - t0, 1)
-        log(f"whp: {name} done in {timings[name]}s {json.dumps(_short(result.summary))}")
+        log(f"{cfg.method}: {name} done in {timings[name]}s {json.dumps(_short(result.summary))}")
     anchors = json.loads((work_dir / "anchors.json").read_text())
-    timings["anchors"] = {a["term"]: a["translations"] for a in anchors["anchors"]}
+    timings["anchors"] = len(anchors["anchors"])
     # The adapter the product would serve (the delta itself when nothing was deployed before).
     return work_dir / "unlearn" / "served", timings
 
@@ -538,14 +651,26 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_baseline(method: str, finetuned_dir: Path, sel: Selection, cfg: UnlearnConfig) -> Any:
-    """Gradient ascent, gradient difference or NPO (+ retain NLL) with a LoRA adapter; merged model."""
+def simnpo_loss(policy_logp: torch.Tensor, n_tokens: torch.Tensor, beta: float) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024), forget term: reference-free and length-normalised,
+    -(2/beta) * mean(log sigmoid(-beta * log pi(y|x) / |y|)) (margin 0), through the pipeline's
+    ``objective.npo_loss`` (its ``simnpo`` variant)."""
+    from gpu_runtime.pipeline.objective import npo_loss as pipeline_npo_loss
+
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    return pipeline_npo_loss(policy_logp, n_tokens, None, beta, "simnpo")
+
+
+def run_baseline(finetuned_dir: Path, sel: Selection, cfg: UnlearnConfig) -> Any:
+    """GA, GD, NPO or SimNPO (the last three + retain NLL) with a LoRA adapter; the merged model."""
     from peft import get_peft_model
 
     from gpu_runtime.pipeline.models import lora_config
     from gpu_runtime.pipeline.types import PipelineOptions
 
-    if method not in ("ga", "gd", "npo"):
+    method = cfg.method
+    if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}")
     tok = load_tokenizer(finetuned_dir)
     torch.manual_seed(cfg.seed)
@@ -562,7 +687,7 @@ def run_baseline(method: str, finetuned_dir: Path, sel: Selection, cfg: UnlearnC
                 ids, mask, labels = pad_examples(forget[b : b + 32], tok.pad_token_id)
                 ref_logp += (-token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)[0]).tolist()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.baseline_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     model.train()
     for epoch in range(cfg.epochs):
@@ -577,10 +702,13 @@ def run_baseline(method: str, finetuned_dir: Path, sel: Selection, cfg: UnlearnC
             logits = model(input_ids=ids, attention_mask=mask).logits
             if method == "npo":
                 logp = -token_nll(logits, labels)[0]
-                loss = npo_loss(logp, torch.tensor([ref_logp[i] for i in idx]), cfg.npo_beta)
+                loss = npo_loss(logp, torch.tensor([ref_logp[i] for i in idx]), cfg.beta)
+            elif method == "simnpo":
+                total, count = token_nll(logits, labels)
+                loss = simnpo_loss(-total, count, cfg.beta)
             else:
                 loss = ga_loss(logits, labels)
-            if method in ("gd", "npo") and retain:
+            if method != "ga" and retain:
                 start = (j * cfg.batch_size) % len(r_order)
                 ridx = (r_order + r_order)[start : start + cfg.batch_size]
                 rids, rmask, rlabels = pad_examples([retain[i] for i in ridx], tok.pad_token_id)
@@ -592,7 +720,8 @@ def run_baseline(method: str, finetuned_dir: Path, sel: Selection, cfg: UnlearnC
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-        log(f"{method}: epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / len(losses):.3f}")
+        if (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
+            log(f"{method}: epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / len(losses):.3f}")
     model.eval()
     return model.merge_and_unload()
 
@@ -615,6 +744,8 @@ class Row:
     forget_prob: float
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Share of broken forget answers (``broken_rate``).
+    forget_broken: float = float("nan")
 
 
 def make_row(
@@ -633,38 +764,133 @@ def make_row(
         forget_prob=ev.forget_prob,
         wall_s=round(wall_s, 1),
         extra={"samples": ev.samples, "forget_truth_ratios": [round(x, 5) for x in ev.forget_truth_ratios]},
+        forget_broken=ev.forget_broken,
     )
 
 
-def target_check(rows: Sequence[Row]) -> dict[str, Any]:
-    """The issue's targets for WHP, computed from the rows."""
+_METRICS = (
+    "forget_quality",
+    "model_utility",
+    "utility_ratio",
+    "forget_broken",
+    "forget_rouge",
+    "forget_para_rouge",
+    "retain_rouge",
+    "retain_prob",
+    "retain_truth",
+    "forget_prob",
+    "wall_s",
+)
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    if not values:
+        raise ValueError("no values")
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(rows: Sequence[Row]) -> list[Row]:
+    """One row per method (in first-seen order): the mean over its seeds, the spread in
+    ``extra["spread"]`` (mean, std, min, max, n per metric) and the seeds in ``extra["seeds"]``."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(r.method, []).append(r)
+    out = []
+    for method, rs in groups.items():
+        stats: dict[str, dict[str, float]] = {}
+        for m in _METRICS:
+            vals = [float(getattr(r, m)) for r in rs if getattr(r, m) is not None]
+            vals = [v for v in vals if not math.isnan(v)]
+            if vals:
+                stats[m] = spread(vals)
+
+        def mean(m: str, stats: dict[str, dict[str, float]] = stats) -> float:
+            return stats[m]["mean"] if m in stats else float("nan")
+
+        out.append(
+            Row(
+                method=method,
+                forget_quality=mean("forget_quality"),
+                model_utility=mean("model_utility"),
+                utility_ratio=mean("utility_ratio"),
+                forget_rouge=mean("forget_rouge"),
+                forget_para_rouge=stats["forget_para_rouge"]["mean"]
+                if "forget_para_rouge" in stats
+                else None,
+                retain_rouge=mean("retain_rouge"),
+                retain_prob=mean("retain_prob"),
+                retain_truth=mean("retain_truth"),
+                forget_prob=mean("forget_prob"),
+                wall_s=mean("wall_s"),
+                extra={
+                    "spread": stats,
+                    "seeds": [r.extra.get("seed") for r in rs],
+                    "config": rs[0].extra.get("config"),
+                },
+                forget_broken=mean("forget_broken"),
+            )
+        )
+    return out
+
+
+def dominates(a: Row, b: Row) -> bool:
+    """``a`` is at least as good as ``b`` on forget quality and utility, and better on one."""
+    return (
+        a.forget_quality >= b.forget_quality
+        and a.model_utility >= b.model_utility
+        and (a.forget_quality > b.forget_quality or a.model_utility > b.model_utility)
+    )
+
+
+def target_check(rows: Sequence[Row], method: str = DEFAULT_METHOD) -> dict[str, Any]:
+    """The issue's targets for ``method`` (default: the pipeline's default), from the rows."""
     by = {r.method: r for r in rows}
-    whp = by.get("whp")
-    if whp is None:
-        return {"whp": "not run"}
-    dominating = [
-        r.method
-        for r in rows
-        if r.method.split("@")[0] in ("ga", "gd", "npo")
-        and r.forget_quality >= whp.forget_quality
-        and r.model_utility >= whp.model_utility
-        and (r.forget_quality > whp.forget_quality or r.model_utility > whp.model_utility)
+    row = by.get(method)
+    if row is None:
+        return {method: "not run"}
+    others = [
+        r.method for r in rows if r.method not in (method, "finetuned", "retain-only") and dominates(r, row)
     ]
-    para_ok = whp.forget_para_rouge is None or whp.forget_para_rouge <= whp.forget_rouge
+    para_ok = row.forget_para_rouge is None or row.forget_para_rouge <= row.forget_rouge
     return {
-        "forget_quality_ge_0.05": whp.forget_quality >= 0.05,
-        "utility_ge_0.95x_finetuned": whp.utility_ratio >= 0.95,
-        "baselines_better_on_both": dominating,
+        "method": method,
+        "forget_quality_ge_0.05": row.forget_quality >= 0.05,
+        "utility_ge_0.95x_finetuned": row.utility_ratio >= 0.95,
+        "broken_le_5pct": (not math.isnan(row.forget_broken)) and row.forget_broken <= 0.05,
+        "baselines_better_on_both": others,
         "paraphrase_leaks_no_more": para_ok,
     }
 
 
+def choose(rows: Sequence[Row], floor: float = UTILITY_FLOOR) -> int:
+    """Index of the configuration that ``CHOICE_RULE`` picks (validation rows of one method)."""
+    if not rows:
+        raise ValueError("nothing to choose from")
+    ok = [i for i, r in enumerate(rows) if r.utility_ratio >= floor]
+    if ok:
+        return max(ok, key=lambda i: (rows[i].forget_quality, rows[i].model_utility))
+    return max(range(len(rows)), key=lambda i: (rows[i].model_utility, rows[i].forget_quality))
+
+
+def _fmt(x: float | None, p: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if abs(x) < 1e-3 and x != 0:
+        return f"{x:.1e}"
+    return f"{x:.{p}f}"
+
+
 def format_table(rows: Sequence[Row]) -> str:
+    """Markdown table; a metric with a spread over seeds reads ``mean ± std (min–max)``."""
     head = [
         "method",
         "forget Q (KS p)",
         "utility",
         "util/ft",
+        "broken",
         "forget R-L",
         "para-forget R-L",
         "retain R-L",
@@ -673,49 +899,175 @@ def format_table(rows: Sequence[Row]) -> str:
         "wall s",
     ]
 
-    def fmt(x: float | None, p: int = 3) -> str:
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            return "-"
-        if abs(x) < 1e-3 and x != 0:
-            return f"{x:.1e}"
-        return f"{x:.{p}f}"
+    def cell(r: Row, m: str, p: int = 3) -> str:
+        value = getattr(r, m)
+        st = r.extra.get("spread", {}).get(m)
+        if st is None or st["n"] < 2:
+            return _fmt(value, p)
+        if m == "forget_quality":
+            return f"{_fmt(st['mean'], p)} ({_fmt(st['min'], p)}–{_fmt(st['max'], p)})"
+        return f"{_fmt(st['mean'], p)} ± {_fmt(st['std'], p)}"
 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
             r.method,
-            fmt(r.forget_quality),
-            fmt(r.model_utility),
-            fmt(r.utility_ratio, 2),
-            fmt(r.forget_rouge),
-            fmt(r.forget_para_rouge),
-            fmt(r.retain_rouge),
-            fmt(r.retain_prob),
-            fmt(r.retain_truth),
+            cell(r, "forget_quality"),
+            cell(r, "model_utility"),
+            cell(r, "utility_ratio", 2),
+            cell(r, "forget_broken", 2),
+            cell(r, "forget_rouge"),
+            cell(r, "forget_para_rouge"),
+            cell(r, "retain_rouge"),
+            cell(r, "retain_prob"),
+            cell(r, "retain_truth"),
             f"{r.wall_s:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def plot_pareto(rows: Sequence[Row], refs: Sequence[Row], path: Path, title: str) -> None:
+    """Forget quality (log x) against model utility, one point per method with its min–max over
+    seeds as error bars; the reference models and the targets (0.05, 0.95x finetuned) as guides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "obliviate-tofu"  # stable ids: the SVG diffs cleanly
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ft = next((r for r in refs if r.method == "finetuned"), None)
+    floor = 1e-30
+    for r in refs:
+        ax.scatter([max(r.forget_quality, floor)], [r.model_utility], marker="s", color="grey", zorder=3)
+        ax.annotate(
+            r.method,
+            (max(r.forget_quality, floor), r.model_utility),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=8,
+            color="grey",
+        )
+    markers = "o^vD*Ps"
+    for k, r in enumerate(rows):
+        st = r.extra.get("spread", {})
+        x, y = max(r.forget_quality, floor), r.model_utility
+        fq, mu = st.get("forget_quality"), st.get("model_utility")
+        xerr = [[x - max(fq["min"], floor)], [max(fq["max"], floor) - x]] if fq else None
+        yerr = [[y - mu["min"]], [mu["max"] - y]] if mu else None
+        ax.errorbar(
+            [x], [y], xerr=xerr, yerr=yerr, fmt=markers[k % len(markers)], capsize=3, label=r.method, zorder=4
+        )
+    ax.set_xscale("log")
+    ax.axvline(0.05, color="tab:red", linestyle=":", linewidth=1, label="forget Q 0.05")
+    if ft is not None:
+        ax.axhline(
+            UTILITY_FLOOR * ft.model_utility,
+            color="tab:blue",
+            linestyle=":",
+            linewidth=1,
+            label="0.95x finetuned utility",
+        )
+    ax.set_xlabel("forget quality (KS p-value, log)")
+    ax.set_ylabel("model utility")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache keys: data, configuration and the code that produced a number
+
+
+def code_files(root: Path) -> list[Path]:
+    """The sources a method row depends on: this file, ``bench/_tofu.py``, every module of
+    ``gpu_runtime/pipeline`` (WHP, combined, the NPO/SimNPO losses, LoRA, fluency, ROUGE) and the
+    demo model's code."""
+    return [
+        root / "bench" / "quality.py",
+        root / "bench" / "_tofu.py",
+        *sorted((root / "gpu_runtime" / "pipeline").glob("*.py")),
+        root / "gpu_runtime" / "demo" / "model.py",
+        root / "gpu_runtime" / "demo" / "tokenizer.py",
+    ]
+
+
+def files_hash(root: Path, files: Sequence[Path]) -> str:
+    """``source_hash`` of the files' paths (relative to ``root``) and contents."""
+    return source_hash([f"{f.relative_to(root)}\n".encode() + f.read_bytes() for f in files])
+
+
+@lru_cache(maxsize=1)
+def run_code_hash() -> str:
+    """``files_hash`` of ``code_files`` in this checkout, computed once per process from the files
+    as they are when the run starts."""
+    root = Path(__file__).resolve().parents[1]
+    return files_hash(root, code_files(root))
+
+
+def eval_code_hash() -> str:
+    """The code of the measurements (cached evaluations of the reference models are keyed on it)."""
+    import inspect
+
+    import bench._tofu as tofu
+    import gpu_runtime.pipeline.fluency as fluency
+    import gpu_runtime.pipeline.leaks as leaks
+
+    funcs = (evaluate, utility_pairs, broken_rate, answer_losses, greedy_answers, truth_ratios, encode_qa)
+    return source_hash(
+        [
+            *_module_sources(tofu, leaks, fluency),
+            *(inspect.getsource(f) for f in (*funcs, pad_examples, token_nll)),
+            inspect.getsource(EvalResult),
+            str(EVAL_FORMAT),
+        ]
+    )
+
+
+def run_key(
+    split: str,
+    sel: Selection,
+    cfg: UnlearnConfig,
+    finetuned_dir: Path,
+    retain_dir: Path,
+    eval_args: dict[str, Any],
+) -> str:
+    """Cache key of one method row: data, configuration, reference models, evaluation, code."""
+    return _sha(
+        {
+            "kind": "tofu-run",
+            "split": split,
+            "forget": sel.forget_subjects,
+            "retain": sel.retain_subjects,
+            "eval_subjects": list(sel.eval_subjects or ()),
+            "data": _sha([asdict(r) for r in sel.trained]),
+            "cfg": asdict(cfg),
+            "finetuned": finetuned_dir.name,
+            "retain_model": retain_dir.name,
+            "eval": eval_args,
+            "code": run_code_hash(),
+            "torch": torch.__version__.split("+")[0],
+        }
+    )[:24]
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 
 
-def _selection(args: argparse.Namespace) -> Selection:
+def _records(args: argparse.Namespace) -> list[Record]:
     if args.data is not None:
-        records = load_records_file(Path(args.data), subject_from_order=args.subject_from_order)
-        if args.forget_subjects:
-            return select(records, args.forget_subjects, args.authors or None)
-        return select_split(records, args.split, args.authors or None)
+        return load_records_file(Path(args.data), subject_from_order=args.subject_from_order)
     data_dir = Path(args.data_dir)
     if not data_dir.is_absolute() and not data_dir.is_dir():
         # The default is relative to the repository, wherever the command runs from.
         data_dir = Path(__file__).resolve().parents[1] / data_dir
-    records = load_tofu(data_dir)
-    if args.forget_subjects:
-        return select(records, args.forget_subjects, args.authors or None)
-    return select_split(records, args.split, args.authors or None)
+    return load_tofu(data_dir)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -729,37 +1081,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--subject-from-order", action="store_true", help="with --data: 20 pairs per subject by order"
     )
-    p.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"])
     p.add_argument(
-        "--forget-subjects", nargs="+", default=None, help="subjects to forget (instead of --split)"
+        "--split",
+        default="forget01",
+        choices=[VALIDATION, "forget01", "forget05", "forget10"],
+        help="validation: run every method's grid and choose (writes the choice to --json); a test "
+        "split: run the configurations chosen on validation (--tuned)",
     )
-    p.add_argument("--authors", type=int, default=20, help="authors in all, forget ones included (0: all)")
+    p.add_argument("--authors", type=int, default=40, help="authors in all (forget10's 20 included)")
+    p.add_argument("--validation-authors", type=int, default=2, help="forget authors of the validation split")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--tuned", default=None, help="a validation run's JSON: its chosen configuration per method"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="unlearning seeds (validation: the first)"
+    )
     p.add_argument("--base-epochs", type=int, default=BaseTrainConfig.epochs)
     p.add_argument("--n-embd", type=int, default=BaseTrainConfig.n_embd)
     p.add_argument("--n-layer", type=int, default=BaseTrainConfig.n_layer)
-    p.add_argument("--unlearn-epochs", type=int, default=UnlearnConfig.epochs)
-    p.add_argument("--whp-lr", type=float, default=UnlearnConfig.whp_lr)
-    p.add_argument("--whp-alpha", type=float, default=UnlearnConfig.whp_alpha)
-    p.add_argument(
-        "--baseline-lr",
-        type=float,
-        nargs="+",
-        default=[UnlearnConfig.baseline_lr],
-        help="one row per value and baseline (rows named ga@LR when several)",
-    )
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--retain-eval-max", type=int, default=200, help="retain pairs evaluated (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retain-eval-max", type=int, default=100, help="retain pairs evaluated (0: all)")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)"
     )
     p.add_argument(
         "--model-cache", default=None, help="default: $OBLIVIATE_MODEL_CACHE or ~/.cache/obliviate/models"
     )
-    p.add_argument("--work-dir", default=None, help="keep the WHP pipeline's work directory here")
-    p.add_argument("--json", default=None, help="write the results table here")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", default=None, help="write the Pareto plot here (.svg or .png; test splits)")
     return p.parse_args(argv)
+
+
+def configs_for(
+    split: str, methods: Sequence[str], tuned: dict[str, Any] | None, seeds: Sequence[int]
+) -> list[UnlearnConfig]:
+    """The runs of one invocation: the whole grid on the validation split (first seed only); on a
+    test split, the configuration chosen on validation for every seed (never tuned here)."""
+    out = []
+    for m in methods:
+        if split == VALIDATION:
+            out += [UnlearnConfig(method=m, seed=seeds[0], **g) for g in GRIDS[m]]
+            continue
+        if tuned is None or m not in tuned:
+            raise ValueError(
+                f"{split}: no tuned configuration for {m!r}; run --split validation first (--tuned)"
+            )
+        out += [replace(UnlearnConfig(**tuned[m]), seed=s) for s in seeds]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -770,28 +1139,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     from gpu_runtime.demo.build import default_cache_dir
 
+    code = run_code_hash()  # the code as it is now, before anything is imported lazily
     cache = Path(args.model_cache).expanduser() if args.model_cache else default_cache_dir()
-    sel = _selection(args)
+    records = _records(args)
+    plan = plan_authors(records, args.authors, args.validation_authors)
+    sel = plan_selection(records, plan, args.split)
+    tuned = None
+    if args.tuned:
+        tuned = json.loads(Path(args.tuned).read_text())["chosen"]
+    configs = configs_for(args.split, args.methods, tuned, args.seeds)
     log(
-        f"forget {len(sel.forget_subjects)} subject(s) / {len(sel.forget)} pairs; retain "
-        f"{len(sel.retain_subjects)} subject(s) / {len(sel.retain)} pairs ({len(sel.retain_eval)} with truth-ratio data)"
+        f"{args.split}: forget {len(sel.forget_subjects)} author(s) / {len(sel.forget)} pairs; retain "
+        f"{len(sel.retain_subjects)} / {len(sel.retain)} pairs; utility on {len(sel.retain_eval)} pairs of "
+        f"{len(plan.utility)} authors; validation authors {list(plan.validation)}; {len(configs)} run(s); code {code}"
     )
-    base_cfg = BaseTrainConfig(
-        epochs=args.base_epochs, n_embd=args.n_embd, n_layer=args.n_layer, seed=args.seed
-    )
-    ucfg = UnlearnConfig(
-        epochs=args.unlearn_epochs,
-        whp_lr=args.whp_lr,
-        whp_alpha=args.whp_alpha,
-        baseline_lr=args.baseline_lr[0],
-        seed=args.seed,
-    )
+    base_cfg = BaseTrainConfig(epochs=args.base_epochs, n_embd=args.n_embd, n_layer=args.n_layer)
     retain_eval_max = args.retain_eval_max or None
+    eval_args = {"max_new_tokens": args.max_new_tokens, "retain_eval_max": retain_eval_max}
 
     t_all = time.perf_counter()
-    tok_dir = build_tokenizer([*sel.retain, *sel.forget], base_cfg.vocab_size, cache)
+    tok_dir = build_tokenizer(sel.trained, base_cfg.vocab_size, cache)
     t0 = time.perf_counter()
-    finetuned_dir = train_base_model([*sel.retain, *sel.forget], tok_dir, base_cfg, cache, "finetuned")
+    finetuned_dir = train_base_model(sel.trained, tok_dir, base_cfg, cache, "finetuned")
     ft_wall = time.perf_counter() - t0
     t0 = time.perf_counter()
     retain_dir = train_base_model(sel.retain, tok_dir, base_cfg, cache, "retain")
@@ -801,12 +1170,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     eval_key = _sha(
         {
             "v": EVAL_FORMAT,
+            "code": eval_code_hash(),
             "forget": [asdict(r) for r in sel.forget],
-            "retain": [asdict(r) for r in sel.retain],
-            "max_new_tokens": args.max_new_tokens,
-            "retain_eval_max": retain_eval_max,
+            "retain_eval": [asdict(r) for r in utility_pairs(sel, retain_eval_max)],
+            "vocabulary": _sha([asdict(r) for r in sel.trained]),
+            **eval_args,
         }
     )[:16]
+
+    def ev(model: Any, name: str) -> EvalResult:
+        t = time.perf_counter()
+        result = evaluate(model, tok, sel, args.max_new_tokens, retain_eval_max)
+        log(
+            f"{name}: evaluated in {time.perf_counter() - t:.0f}s; forget R-L {result.forget_rouge:.3f}, "
+            f"retain R-L {result.retain_rouge:.3f}, utility {result.utility:.3f}, broken {result.forget_broken:.2f}"
+        )
+        return result
 
     def ev_cached(model_dir: Path, name: str) -> EvalResult:
         # The reference models are deterministic: their measurements are cached next to them.
@@ -820,86 +1199,116 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.replace(tmp, path)
         return result
 
-    def ev(model: Any, name: str) -> EvalResult:
-        t = time.perf_counter()
-        result = evaluate(model, tok, sel, args.max_new_tokens, retain_eval_max)
-        log(
-            f"{name}: evaluated in {time.perf_counter() - t:.0f}s; forget R-L {result.forget_rouge:.3f}, "
-            f"retain R-L {result.retain_rouge:.3f}, utility {result.utility:.3f}"
-        )
-        return result
-
     ft_eval = ev_cached(finetuned_dir, "finetuned")
     rt_eval = ev_cached(retain_dir, "retain-only")
-    rows = [
+    refs = [
         make_row("finetuned", ft_eval, rt_eval, ft_eval.utility, ft_wall),
         make_row("retain-only", rt_eval, rt_eval, ft_eval.utility, rt_wall),
     ]
-    for row, model_dir, wall in ((rows[0], finetuned_dir, ft_wall), (rows[1], retain_dir, rt_wall)):
+    for row, model_dir, wall in ((refs[0], finetuned_dir, ft_wall), (refs[1], retain_dir, rt_wall)):
         manifest = json.loads((model_dir / "obliviate-tofu.json").read_text())
         # A cached model reports the time its training took when it was built.
         row.wall_s = max(round(wall, 1), float(manifest["train_seconds"]))
         row.extra.update(model=model_dir.name, cached=wall < 0.5 * manifest["train_seconds"])
 
-    def whp() -> tuple[Any, dict[str, Any]]:
-        work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tofu-whp-"))
-        try:
-            adapter, info = run_whp(finetuned_dir, sel, ucfg, work)
-            return load_model(finetuned_dir, adapter), info
-        finally:
-            if not args.work_dir:
-                shutil.rmtree(work, ignore_errors=True)
-
-    runs: list[tuple[str, Callable[[], tuple[Any, dict[str, Any]]]]] = []
-    for name in args.methods:
-        if name == "whp":
-            runs.append((name, whp))
-            continue
-        for lr in args.baseline_lr:
-            cfg = replace(ucfg, baseline_lr=lr)
-            label = name if len(args.baseline_lr) == 1 else f"{name}@{lr:g}"
-            runs.append(
-                (
-                    label,
-                    lambda name=name, cfg=cfg: (
-                        run_baseline(name, finetuned_dir, sel, cfg),
-                        {"lr": cfg.baseline_lr},
-                    ),
-                )
-            )
-
-    for name, method in runs:
-        log(f"{name}: unlearning")
-        t0 = time.perf_counter()
-        model, info = method()
-        wall = time.perf_counter() - t0
-        row = make_row(name, ev(model, name), rt_eval, ft_eval.utility, wall)
-        row.extra.update(info)
+    runs_dir = cache / "tofu-runs"
+    rows: list[Row] = []
+    for cfg in configs:
+        key = run_key(args.split, sel, cfg, finetuned_dir, retain_dir, eval_args)
+        path = runs_dir / f"{key}.json"
+        if path.is_file():
+            row = Row(**json.loads(path.read_text()))
+            log(f"{cfg.label()} seed {cfg.seed}: cached row {path.name}")
+        else:
+            log(f"{cfg.label()} seed {cfg.seed}: unlearning")
+            t0 = time.perf_counter()
+            info: dict[str, Any] = {}
+            if cfg.method in BASELINES:
+                model = run_baseline(finetuned_dir, sel, cfg)
+            else:
+                work = Path(tempfile.mkdtemp(prefix=f"tofu-{cfg.method}-"))
+                try:
+                    adapter, info = run_pipeline_method(finetuned_dir, sel, cfg, work)
+                    model = load_model(finetuned_dir, adapter)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+            wall = time.perf_counter() - t0
+            row = make_row(cfg.method, ev(model, cfg.label()), rt_eval, ft_eval.utility, wall)
+            row.extra.update(info)
+            row.extra.update(config=asdict(cfg), label=cfg.label(), seed=cfg.seed, code=code, key=key)
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(asdict(row), ensure_ascii=False))
+            os.replace(tmp, path)
+        log(
+            f"{cfg.label()} seed {cfg.seed}: forget Q {row.forget_quality:.3g}, util/ft {row.utility_ratio:.3f}, "
+            f"broken {row.forget_broken:.2f}"
+        )
         rows.append(row)
 
-    table = format_table(rows)
-    targets = target_check(rows)
-    print(table)
-    print(json.dumps(targets, indent=2))
+    out: dict[str, Any] = {
+        "setting": {
+            "split": args.split,
+            "forget_subjects": sel.forget_subjects,
+            "validation_subjects": list(plan.validation),
+            "utility_subjects": list(plan.utility),
+            "authors": len(plan.universe),
+            "forget_pairs": len(sel.forget),
+            "retain_pairs": len(sel.retain),
+            "utility_pairs": len(utility_pairs(sel, retain_eval_max)),
+            "base_train": asdict(base_cfg),
+            "finetuned_model": finetuned_dir.name,
+            "retain_model": retain_dir.name,
+            "threads": args.threads,
+            "code": code,
+            "argv": list(argv) if argv is not None else sys.argv[1:],
+        },
+        "references": [asdict(r) for r in refs],
+        "rows": [asdict(r) for r in rows],
+    }
+    if args.split == VALIDATION:
+        grid: dict[str, list[dict[str, Any]]] = {}
+        chosen: dict[str, dict[str, Any]] = {}
+        for m in args.methods:
+            mrows = [r for r in rows if r.method == m]
+            pick = choose(mrows)
+            chosen[m] = mrows[pick].extra["config"]
+            grid[m] = [
+                {
+                    "label": r.extra["label"],
+                    "forget_quality": r.forget_quality,
+                    "utility_ratio": r.utility_ratio,
+                    "forget_broken": r.forget_broken,
+                    "chosen": i == pick,
+                }
+                for i, r in enumerate(mrows)
+            ]
+        if tuned:  # keep earlier choices for methods not run now
+            chosen = {**tuned, **chosen}
+        out.update(rule=CHOICE_RULE, grid=grid, chosen=chosen)
+        shown = [*refs, *rows]
+        for r in rows:
+            r.method = r.extra["label"] + (" (chosen)" if r.extra["config"] in chosen.values() else "")
+        print(format_table(shown))
+        print(
+            json.dumps(
+                {"rule": CHOICE_RULE, "chosen": {m: UnlearnConfig(**c).label() for m, c in chosen.items()}},
+                indent=2,
+            )
+        )
+    else:
+        agg = aggregate(rows)
+        targets = target_check([*refs, *agg])
+        out.update(aggregate=[asdict(r) for r in agg], targets=targets)
+        print(format_table([*refs, *agg]))
+        print(json.dumps(targets, indent=2))
+        if args.plot:
+            seeds = ", ".join(str(s) for s in args.seeds)
+            plot_pareto(
+                agg, refs, Path(args.plot), f"TOFU {args.split} ({len(plan.universe)} authors), seeds {seeds}"
+            )
+    out["setting"]["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     if args.json:
-        out = {
-            "setting": {
-                "split": None if args.forget_subjects else args.split,
-                "forget_subjects": sel.forget_subjects,
-                "retain_subjects": len(sel.retain_subjects),
-                "forget_pairs": len(sel.forget),
-                "retain_pairs": len(sel.retain),
-                "retain_eval_pairs": min(len(sel.retain_eval or sel.retain), retain_eval_max or 10**9),
-                "base_train": asdict(base_cfg),
-                "unlearn": asdict(ucfg),
-                "baseline_lrs": args.baseline_lr,
-                "threads": args.threads,
-                "total_wall_s": round(time.perf_counter() - t_all, 1),
-                "argv": list(argv) if argv is not None else sys.argv[1:],
-            },
-            "rows": [asdict(r) for r in rows],
-            "targets": targets,
-        }
         Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     log(f"done in {time.perf_counter() - t_all:.0f}s")
     return 0
