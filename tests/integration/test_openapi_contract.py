@@ -14,11 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
+import schemathesis
 
 from service.settings import Settings
-
-schemathesis = pytest.importorskip("schemathesis")
 
 MAX_EXAMPLES = 5
 
