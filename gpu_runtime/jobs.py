@@ -213,7 +213,7 @@ def _expected_status(stage: str) -> list[str]:
     return [Status.QUEUED.value, status] if stage == jobs.REINFORCE else [status]
 
 
-async def _deployed_adapter(session: AsyncSession, alias: str) -> str | None:
+async def _deployed_adapter(session: AsyncSession, alias: str, store: Any) -> str | None:
     """The adapter ``alias`` serves now, which the new delta builds on (None: the base model).
 
     Read from the deployments' desired state, so it is right after a rollback too, and it is the
@@ -226,7 +226,13 @@ async def _deployed_adapter(session: AsyncSession, alias: str) -> str | None:
             .where(ServedAlias.alias == alias)
         )
     ).scalar_one_or_none()
-    return path if path and await asyncio.to_thread(Path(path).is_dir) else None
+    if not path:
+        return None
+    try:  # a local directory, or (object store) a hash-checked download of the same content
+        local = await asyncio.to_thread(store.adapter_dir, path)
+    except (OSError, ValueError):
+        return None
+    return str(local) if await asyncio.to_thread(local.is_dir) else None
 
 
 async def _earlier_probes(
@@ -586,7 +592,7 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
     live = _Live()
     alias = str(row.options.get("target_alias") or settings.served_alias)
     async with sessionmaker() as session:
-        deployed = await _deployed_adapter(session, alias)
+        deployed = await _deployed_adapter(session, alias, store)
         earlier: tuple[list[dict[str, Any]], list[str]] = ([], [])
         if stage == jobs.EVALUATE and deployed is not None:
             earlier = await _earlier_probes(session, store, request_id, alias)
@@ -599,13 +605,16 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
         return {"request_id": request_id, "stage": stage, "outcome": "failed"}
     spec["probes"] = list(row.probes)
     spec["earlier_probes"], spec["earlier_terms"] = earlier
+    # The object store stages the work area in a local scratch directory (the local store: in place).
+    work_dir = await asyncio.to_thread(store.local_dir, request_id, WORK)
+    adapter_dir = await asyncio.to_thread(store.local_dir, request_id, ADAPTER)
     inp = StageInput(
         request_id=request_id,
         stage=stage,
         spec=spec,
         options=dict(row.options),
-        work_dir=store.local_dir(request_id, WORK),
-        adapter_dir=store.local_dir(request_id, ADAPTER),
+        work_dir=work_dir,
+        adapter_dir=adapter_dir,
         settings=settings,
         deployed_adapter=deployed,
         progress=live.update,
@@ -619,6 +628,8 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
     loop = asyncio.get_running_loop()
     try:
         output = await asyncio.wait_for(loop.run_in_executor(None, runner, inp), timeout=timeout)
+        # Outputs stored (object store: uploaded, the adapter content-addressed) before the stage counts.
+        output.adapter_path = await asyncio.to_thread(store.save_outputs, request_id, output.adapter_path)
     except TimeoutError:
         live.cancel.set()
         await _fail(
@@ -664,6 +675,7 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
             await beat
         except (asyncio.CancelledError, Exception):
             pass
+        await asyncio.to_thread(store.release, request_id)  # no scratch copy outlives the job
     new_status = await _finish(sessionmaker, row, stage, attempt, stages, output, settings)
     return {"request_id": request_id, "stage": stage, "attempt": attempt, "outcome": new_status or "stale"}
 

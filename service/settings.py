@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         default=None,
         description="A Hugging Face causal-LM directory to serve and unlearn. Unset: the built-in demo model.",
     )
+    artifacts_url: str | None = Field(
+        default=None,
+        description="Where corpora, stage outputs and adapters are stored: s3://bucket/prefix for an "
+        "S3-compatible object store (endpoint and credentials from the usual AWS_* variables, e.g. "
+        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION; needs the `s3` "
+        "extra). Unset: <data_dir>/artifacts on the local disk.",
+    )
     model_cache_dir: Path = Field(
         default_factory=_default_model_cache,
         validation_alias=AliasChoices("OBLIVIATE_MODEL_CACHE", "model_cache_dir"),
@@ -286,6 +293,18 @@ class Settings(BaseSettings):
                 "(comma-separated base URLs, e.g. http://gpu1:8000,http://gpu2:8000)"
             )
         return self
+
+    @field_validator("artifacts_url", mode="after")
+    @classmethod
+    def _artifacts_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"artifacts_url must look like s3://bucket/prefix, not {value!r}")
+        return value.rstrip("/")
 
     @field_validator("data_dir", "model_cache_dir", "signing_key_path", mode="after")
     @classmethod

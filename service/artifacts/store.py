@@ -1,14 +1,17 @@
 """Artifact store: corpora, derived training data and adapters, keyed by request.
 
-``ArtifactStore`` is the interface (an object store can implement it); ``LocalArtifactStore`` keeps
-everything under ``<data_dir>/artifacts/<request id>/``:
+``ArtifactStore`` is the interface; ``store_for`` picks the implementation from the settings.
+``LocalArtifactStore`` (the default) keeps everything under ``<data_dir>/artifacts/<request id>/``:
 
     input/      the request's corpus and hints (personal data; purged)
     work/       the pipeline's stage outputs (derived from the corpus; purged)
     adapter/    the adapter to serve (weights only; kept after the purge)
 
-The pipeline works on local directories, so the store hands the worker a local path
-(``local_dir``); an object-store implementation would sync to and from that path.
+``S3Store`` (``OBLIVIATE_ARTIFACTS_URL=s3://bucket/prefix``, in ``s3.py``) keeps the same areas in an
+S3-compatible object store, personal ones sealed with a per-request key, and adapters
+content-addressed. The pipeline works on local directories, so the store hands out a local path
+(``local_dir``: the area itself here, a synced scratch copy there) and is told when the outputs are
+final (``save_outputs``) and when the local copy may go (``release``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ class ArtifactStore(Protocol):
         ...
 
     def exists(self, request_id: str, area: str) -> bool: ...
+
+    def save_outputs(self, request_id: str, adapter_path: str | None) -> str | None:
+        """Persist what a stage wrote under ``local_dir`` (work area, and the adapter if one was made).
+
+        Returns the reference to record for the adapter (``adapter_path`` itself for the local store).
+        """
+        ...
+
+    def release(self, request_id: str) -> None:
+        """Drop this host's local copies of the request's areas (the stored ones stay)."""
+        ...
+
+    def adapter_dir(self, ref: str) -> Path:
+        """A local directory with the adapter ``ref`` names (downloaded and hash-checked if remote)."""
+        ...
 
 
 def _safe(part: str) -> str:
@@ -96,7 +114,26 @@ class LocalArtifactStore:
                 removed.append(area)
         return removed
 
+    def save_outputs(self, request_id: str, adapter_path: str | None) -> str | None:
+        return adapter_path  # the local directories are the store
 
-def store_for(settings: Any) -> LocalArtifactStore:
-    """The store configured for ``settings`` (only the local store exists so far)."""
+    def release(self, request_id: str) -> None:
+        return None
+
+    def adapter_dir(self, ref: str) -> Path:
+        return Path(ref)
+
+
+def store_for(settings: Any) -> ArtifactStore:
+    """The store configured for ``settings``: the object store when ``artifacts_url`` is set."""
+    if getattr(settings, "artifacts_url", None):
+        from service.artifacts.s3 import s3_store_for
+
+        return s3_store_for(settings)
     return LocalArtifactStore(Path(settings.artifacts_dir))
+
+
+def store_of(resources: Any) -> ArtifactStore:
+    """The app's store (made at start-up), or one built from its settings (apps without that hook)."""
+    store: ArtifactStore | None = resources.extras.get("artifacts")
+    return store if store is not None else store_for(resources.settings)

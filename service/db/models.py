@@ -15,6 +15,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "service.audit.models",
     "service.deployments.models",
     "service.review.models",
+    "service.artifacts.models",
 )
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.artifacts.store import store_of
 from service.auth.keys import Principal, Role
 from service.core.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError, Unprocessable
 from service.core.state import Resources
@@ -149,8 +150,9 @@ async def deploy(
         ref = await forget_service.ready_adapter(session, request_id)
     override_record = acceptance_override(ref, principal, override, reason)
     alias = check_alias(alias or ref.target_alias or resources.settings.served_alias)
-    source = Path(ref.path)
     try:
+        # The recorded adapter as a local directory (object store: downloaded, hash-checked).
+        source = await asyncio.to_thread(store_of(resources).adapter_dir, ref.path)
         path, sha = await asyncio.to_thread(storage.store_adapter, source, store_root(resources))
     except (storage.AdapterFilesError, OSError) as exc:
         raise Conflict(

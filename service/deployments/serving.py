@@ -235,6 +235,11 @@ class Serving:
         """Load an adapter into the backend (no-op when already loaded); the backend checks the hash."""
         if self.backend is None:
             return
+        if str(path).startswith("s3://") or not await asyncio.to_thread(Path(path).is_dir):
+            # Another host's copy: the object store has the same content under its hash.
+            from service.artifacts.store import store_of
+
+            path = await asyncio.to_thread(store_of(self.resources).adapter_dir, str(path))
         await self.backend.load_adapter(engine_id, path, sha256)
         self.fingerprints[engine_id] = sha256
 

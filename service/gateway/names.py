@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
+from service.artifacts.store import store_of
 from service.auth.keys import Principal, Role
 from service.core.errors import Forbidden
 from service.core.state import Resources
@@ -105,8 +105,9 @@ async def ensure_request_adapter(
     if engine_id in serving.fingerprints and _loaded(serving, engine_id):
         return engine_id
     try:
+        source = await asyncio.to_thread(store_of(resources).adapter_dir, row.adapter_path)
         path, sha = await asyncio.to_thread(
-            storage.store_adapter, Path(row.adapter_path), resources.settings.data_dir / "adapters"
+            storage.store_adapter, source, resources.settings.data_dir / "adapters"
         )
     except (storage.AdapterFilesError, OSError):
         raise ModelNotFound(public, "Its adapter files are no longer available.") from None

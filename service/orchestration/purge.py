@@ -14,7 +14,10 @@ What it covers (the sweeper runs :func:`purge_pass` on every pass):
 * **Not under a running stage.** A request whose stage job is still running (its arq job in progress
   and its heartbeat recent) is purged on a later pass, once the worker has stopped.
 * **Orphans.** A corpus folder without a request row (a crash between storing the corpus and
-  committing its row) is deleted once older than ``orphan_grace_s``.
+  committing its row) is deleted once older than ``orphan_grace_s``; in the object store, its
+  objects and its data key (and every replica drops its scratch copies of purged requests).
+* **Crypto-shredding.** In the object store the purge deletes the request's data key with its
+  objects (``S3Store.purge``): a copy of the bucket taken before cannot be decrypted after.
 * **Expired idempotency records** are deleted.
 """
 
@@ -328,8 +331,31 @@ def _orphan_dirs(root: Path, known: set[str], grace_s: float) -> list[Path]:
     return found
 
 
+async def _collect_stored_orphans(resources: Resources, store: Any, report: PurgeReport) -> None:
+    """The object store: this host's scratch copies of purged requests, and objects or data keys of
+    requests that were never committed (keys older than the grace period; objects without a key)."""
+    await asyncio.to_thread(store.prune_local)
+    candidates: set[str] = await asyncio.to_thread(
+        store.stored_request_ids, resources.settings.orphan_grace_s
+    )
+    if not candidates:
+        return
+    async with resources.sessionmaker() as session:
+        known = set(
+            (
+                await session.execute(select(ForgetRequest.id).where(ForgetRequest.id.in_(candidates)))
+            ).scalars()
+        )
+    for request_id in sorted(candidates - known):
+        await asyncio.to_thread(store.purge, request_id)
+        report.orphans.append(request_id)
+
+
 async def collect_orphans(resources: Resources, store: ArtifactStore, report: PurgeReport) -> None:
     """Delete artifact folders of requests that were never committed (older than the grace period)."""
+    if hasattr(store, "stored_request_ids"):
+        await _collect_stored_orphans(resources, store, report)
+        return
     root = getattr(store, "root", None)
     if root is None:
         return

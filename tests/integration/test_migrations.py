@@ -24,6 +24,8 @@ DOMAIN_TABLES = {
     "adapter_versions", "served_aliases", "alias_events",
     # human review (0004)
     "review_gates", "review_tasks", "review_assignments",
+    # per-request data keys of the object store (0006)
+    "data_keys",
 }  # fmt: skip
 
 

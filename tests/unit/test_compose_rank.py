@@ -223,3 +223,52 @@ def test_peft_serves_the_recompressed_adapter(tmp_path: Path) -> None:
     # A cap below the true rank changes the model, and the report says by how much.
     lossy = concat_adapters(tmp_path / "v1", tmp_path / "delta", tmp_path / "v3", max_rank=8)
     assert lossy["rank"] == 8 and lossy["reconstruction_error_mean"] > 0.05
+
+
+@pytest.mark.slow
+def test_the_pipeline_serves_and_evaluates_the_recompressed_adapter(tmp_path: Path) -> None:
+    """Two requests at rank 8 under a cap of 8: the second served adapter is re-compressed, the
+    manifest reports it, and the evaluation (earlier request's probes included) ran on exactly it."""
+    from peft import PeftModel
+
+    from gpu_runtime.pipeline.models import load_baseline
+    from gpu_runtime.pipeline.run import run_pipeline
+    from gpu_runtime.pipeline.testing import SENTENCES, save_tiny_model_dir
+    from gpu_runtime.pipeline.types import EntityHint, ForgetSpec, Probe
+
+    model_dir = save_tiny_model_dir(tmp_path / "model")
+    opts = PipelineOptions(
+        reinforce_epochs=1, unlearn_epochs=1, block_size=16, max_new_tokens=4, general_samples=2,
+        lora_rank=8, max_composed_rank=8,
+    )  # fmt: skip
+    harry = [EntityHint(term="Harry", kind="first_name")]
+    first = run_pipeline(
+        model_dir, ForgetSpec(documents=SENTENCES[:3], hints=harry, options=opts), tmp_path / "r1"
+    )
+    second_spec = ForgetSpec(
+        documents=[SENTENCES[3]],
+        hints=[EntityHint(term="Alice", kind="first_name")],
+        earlier_probes=[Probe(prompt="Who is Harry?", reference="Harry is a wizard at Hogwarts.")],
+        earlier_terms=["Harry"],
+        options=opts,
+    )
+    second = run_pipeline(model_dir, second_spec, tmp_path / "r2", deployed_adapter=first.served_adapter_dir)
+
+    first_manifest = json.loads((tmp_path / "r1/unlearn/manifest.json").read_text())
+    assert not first_manifest["metrics"]["composition"]["recompressed"]
+    manifest = json.loads((tmp_path / "r2/unlearn/manifest.json").read_text())
+    composition = manifest["metrics"]["composition"]
+    assert composition["recompressed"] and composition["rank_concatenated"] == 16 and composition["rank"] == 8
+    assert 0 <= composition["reconstruction_error_mean"] <= composition["reconstruction_error_max"] < 1
+    served = Path(second.served_adapter_dir)
+    assert json.loads((served / "adapter_config.json").read_text())["r"] == 8
+    assert "earlier_leaks_after" in second.metrics and second.metrics["earlier_n"] == 1
+    # What the evaluation attached (deployed merged + served_delta) is the served model.
+    assert served_delta_dir(tmp_path / "r2/unlearn") == tmp_path / "r2/unlearn/served_delta"
+    ids = torch.tensor([[0, 11, 40, 41, 80, 99]])
+    with torch.no_grad():
+        evaluated = PeftModel.from_pretrained(
+            load_baseline(model_dir, opts, first.served_adapter_dir), tmp_path / "r2/unlearn/served_delta"
+        )(input_ids=ids).logits
+        serving = load_served(model_dir, served)(input_ids=ids).logits
+    assert torch.allclose(evaluated, serving, atol=1e-4)
