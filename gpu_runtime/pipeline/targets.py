@@ -14,7 +14,8 @@ Per-position confidence is the baseline's probability of the chosen label; block
 minimum confidence is below the thresholds are flagged for review.
 
 Artifact: ``work_dir/targets/`` with ``targets.safetensors`` (flat ``input_ids``, ``labels``,
-``confidence`` and ``offsets`` of the blocks) and ``blocks.json`` (per-block statistics and flags).
+``confidence`` and ``offsets`` of the blocks), ``blocks.json`` (per-block statistics and flags) and
+``review.json`` (the flagged blocks decoded for the target review, ``review.py``).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def targets_input_hash(spec: ForgetSpec, reinforce_hash: str, anchors: Any) -> s
     return hash_json(
         {
             "stage": STAGE,
-            "v": 2,
+            "v": 3,  # 3: the artifact holds review.json (the target review, decoded)
             "reinforce": reinforce_hash,
             "anchors": [[a.term, a.kind, a.translations] for a in anchors.anchors],
             "corpus": corpus_hash(spec),
@@ -278,6 +279,7 @@ def generate_targets(
     from .anchors import load_anchors
     from .models import attach_adapter, load_baseline, load_tokenizer
     from .reinforce import reinforce_output
+    from .review import target_review_items, write_target_review
     from .translate import corpus_label_spans, corpus_texts, translate_corpus
 
     rep = Reporter(STAGE, progress, should_cancel)
@@ -325,6 +327,9 @@ def generate_targets(
     with atomic_dir(out, input_hash, summary) as tmp:
         save_targets(tmp / "targets.safetensors", targets)
         (tmp / "blocks.json").write_text(json.dumps({"blocks": stats, "flagged": flagged}, indent=2))
+        # Decoded here, where the tokenizer is: API replicas only read it (review.py).
+        items = target_review_items(tokenizer, blocks, targets, stats, flagged, o.confidence_threshold)
+        write_target_review(tmp, items)
     log.info("targets: %d block(s), %d label(s), %d flagged", len(targets), labelled, len(flagged))
     rep(1.0, f"{len(flagged)} block(s) flagged for review")
     return StageResult(stage=STAGE, artifact=str(out), input_hash=input_hash, skipped=False, summary=summary)

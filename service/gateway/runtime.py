@@ -9,15 +9,12 @@ OpenAI routes then answer 503.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 from service.core.errors import Unavailable
 from service.core.state import Resources
 from service.serving.backend import ServingBackend
-from service.settings import Settings
 
 logger = logging.getLogger("obliviate.gateway")
 
@@ -26,42 +23,14 @@ ENGINE_KEY = "engine"  # the embedded engine itself, for tests and benchmarks th
 BASE_MODEL_NAME = "base"
 
 
-def _device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_model_dir(settings: Settings) -> Path:
-    """The served base model: the configured directory, else the demo model (built and cached on first use)."""
-    if settings.base_model is not None:
-        return settings.base_model
-    from gpu_runtime.demo.build import build_demo_model
-
-    return build_demo_model(cache_dir=settings.model_cache_dir)
-
-
 async def _embedded(resources: Resources) -> ServingBackend:
-    from gpu_runtime.engine import InferenceEngine
-    from service.serving.embedded import EmbeddedBackend
+    # The engine and the demo model builder live behind service/serving/embedded.py (torch).
+    from service.serving.embedded import start_embedded
 
-    settings = resources.settings
-    model_dir = await asyncio.to_thread(resolve_model_dir, settings)
-    engine = InferenceEngine(
-        model_dir,
-        device=_device(settings.device),
-        max_batch_size=settings.engine_max_batch,
-        max_queue=settings.engine_max_queue,
-        adapter_capacity=settings.engine_adapter_capacity,
-        base_model_name=BASE_MODEL_NAME,
-        default_max_tokens=settings.engine_max_tokens,
-    )
-    await asyncio.to_thread(engine.start)
-    resources.extras[ENGINE_KEY] = engine
-    logger.info("inference engine ready on %s", engine.device)
-    return EmbeddedBackend(engine)
+    backend = await start_embedded(resources.settings, BASE_MODEL_NAME)
+    resources.extras[ENGINE_KEY] = backend.engine
+    logger.info("inference engine ready on %s", backend.engine.device)
+    return backend
 
 
 async def _upstream(resources: Resources) -> ServingBackend:

@@ -1,9 +1,9 @@
 """From a request's artifacts to review tasks, and reviewed results back into the artifacts.
 
-Runs in a worker thread (file reads, and for target review the tokenizer). What each gate reads:
+Runs in a worker thread (file reads only: what needs the tokenizer the worker rendered). What each gate reads:
 
     anchor_review      work/anchors.json + input/spec.json  → one task: passages + proposed dictionary
-    target_review      work/targets/ (flagged blocks)       → one task per low-confidence block
+    target_review      work/targets/review.json             → one task per low-confidence block
     evaluation_review  work/evaluate/report.json            → one task per forget probe
 
 and writes back: the corrected ``work/anchors.json`` (which generate_targets reads) and
@@ -14,7 +14,6 @@ Nothing here logs artifact contents: they quote the forget corpus.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from service.settings import Settings
 
 ANCHORS_FILE = "anchors.json"
 TARGET_REVIEW_FILE = "target_review.json"
+#: Written by the generate_targets stage next to the targets (``gpu_runtime.pipeline.review.REVIEW_FILE``).
+TARGET_REVIEW_ITEMS_FILE = "review.json"
 MAX_PASSAGE_CHARS = 6000
 
 
@@ -105,64 +106,18 @@ def target_items(
     probes: list[dict[str, Any]],
     settings: Settings,
 ) -> list[dict[str, Any]]:
-    """Flagged blocks decoded for humans: original, translated, and the generic labels as text."""
+    """Flagged blocks decoded for humans: original, translated, and the generic labels as text.
+
+    The worker decodes them when it writes the targets (``targets/review.json``, see
+    ``gpu_runtime/pipeline/review.py``): this process needs no tokenizer, torch or model files.
+    ``options`` and ``probes`` are not needed any more; kept for the gate's common signature.
+    """
     work = store.local_dir(request_id, WORK)
     blocks_info = _read_json(work / "targets" / "blocks.json")
-    flagged = [int(i) for i in blocks_info.get("flagged", [])][: settings.review_max_tasks]
-    if not flagged:
+    if not blocks_info.get("flagged"):
         return []
-    # The GPU stack is imported here, in a thread, only when a target gate opens.
-    from gpu_runtime.jobs import base_model_dir, pipeline_spec
-    from gpu_runtime.pipeline.anchors import load_anchors
-    from gpu_runtime.pipeline.models import load_tokenizer
-    from gpu_runtime.pipeline.targets import IGNORE, load_targets
-    from gpu_runtime.pipeline.translate import corpus_texts, translate_corpus
-
-    spec_json = store.get_json(request_id, INPUT, SPEC_FILE)
-    spec_json["probes"] = probes
-    spec = pipeline_spec(spec_json, options)
-    tokenizer = load_tokenizer(base_model_dir(settings))
-    anchors = load_anchors(work)
-    blocks = translate_corpus(
-        tokenizer, corpus_texts(spec, tokenizer), anchors.anchors, spec.options.block_size
-    )
-    targets = load_targets(work / "targets" / "targets.safetensors")
-    stats = {int(s["index"]): s for s in blocks_info.get("blocks", [])}
-    items = []
-    for index in flagged:
-        if index >= len(blocks) or index >= len(targets):
-            continue
-        block, target = blocks[index], targets[index]
-        ids = target.input_ids
-        generic_ids = [ids[0]] if ids else []
-        tokens: list[list[Any]] = []
-        for p in range(len(ids) - 1):
-            label = target.labels[p]
-            token = label if label != IGNORE else ids[p + 1]
-            conf = target.confidence[p]
-            generic_ids.append(token)
-            tokens.append(
-                [
-                    tokenizer.decode([token], skip_special_tokens=True),
-                    None if math.isnan(conf) else round(conf, 4),
-                ]
-            )
-        info = stats.get(index, {})
-        items.append(
-            {
-                "block": index,
-                "doc": block.doc,
-                "original": tokenizer.decode(block.original_ids, skip_special_tokens=True),
-                "translated": tokenizer.decode(block.translated_ids, skip_special_tokens=True),
-                "generic": tokenizer.decode(generic_ids, skip_special_tokens=True),
-                "generic_tokens": tokens,
-                "mean_confidence": info.get("mean_confidence"),
-                "min_confidence": info.get("min_confidence"),
-                "threshold": spec.options.confidence_threshold,
-                "total_blocks": len(targets),
-            }
-        )
-    return items
+    rendered = _read_json(work / "targets" / TARGET_REVIEW_ITEMS_FILE)
+    return list(rendered.get("items", []))[: settings.review_max_tasks]
 
 
 def _evaluation_items_by_kind(
@@ -248,9 +203,11 @@ def build_items(
 
 def write_anchors(store: ArtifactStore, request_id: str, resolution: dict[str, Any]) -> int:
     """Write the reviewed dictionary as ``anchors.json`` (input hash kept, so a re-run of mining keeps
-    it; the targets stage hashes the terms and translations, so it regenerates). Returns its size."""
-    from gpu_runtime.pipeline.types import AnchorDictionary  # pydantic only, no torch
+    it; the targets stage hashes the terms and translations, so it regenerates). Returns its size.
 
+    ``resolution`` was validated as a review answer (``answers.validate_anchor``: distinct non-empty
+    terms, known kinds, at least one translation each); the worker validates the file again when it
+    loads it (``AnchorDictionary``), so this process imports nothing of the pipeline."""
     work = store.local_dir(request_id, WORK)
     existing = _read_json(work / ANCHORS_FILE)
     before = {a["term"]: a for a in existing.get("anchors", [])}
@@ -278,15 +235,15 @@ def write_anchors(store: ArtifactStore, request_id: str, resolution: dict[str, A
                 "occurrences": occurrences[item["term"]],
             }
         )
-    dictionary = AnchorDictionary.model_validate(
-        {
-            "input_hash": existing["input_hash"],
-            "anchors": sorted(anchors, key=lambda a: a["term"]),
-            "llm_errors": existing.get("llm_errors", []),
-            "reviewed": True,
-        }
-    )
-    return store.put_json(request_id, WORK, ANCHORS_FILE, dictionary.model_dump(mode="json"))
+    if len({a["term"] for a in anchors}) != len(anchors):
+        raise ValueError("anchor terms must be distinct")
+    dictionary = {
+        "input_hash": existing["input_hash"],
+        "anchors": sorted(anchors, key=lambda a: a["term"]),
+        "llm_errors": existing.get("llm_errors", []),
+        "reviewed": True,
+    }
+    return store.put_json(request_id, WORK, ANCHORS_FILE, dictionary)
 
 
 def write_target_review(

@@ -3,7 +3,8 @@
 The only module of ``service/`` that talks to the engine: it renders prompts with the model's tokenizer,
 runs requests in the engine's batching scheduler, loads adapters and flips aliases in the engine's
 registry (atomic; requests in flight keep the adapter they leased), and turns engine exceptions into
-:mod:`service.serving.errors`. Imported only when this backend is configured (it pulls in torch).
+:mod:`service.serving.errors`. Imported only when this backend is configured (it pulls in torch); the
+only module of ``service/`` that may import ``gpu_runtime`` torch code (``tests/unit/test_import_boundaries.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gpu_runtime.engine import GenerationRequest, InferenceEngine
 from gpu_runtime.engine import errors as E
 from service.serving import errors as B
 from service.serving.types import Prompt, Sampling
+from service.settings import Settings
 
 
 @contextmanager
@@ -146,3 +148,36 @@ class EmbeddedBackend:
     async def close(self) -> None:
         # Give requests in flight a moment to finish; new ones are refused from now on.
         await asyncio.to_thread(self.engine.close, 2.0)
+
+
+def resolve_model_dir(settings: Settings) -> Path:
+    """The served base model: the configured directory, else the demo model (built and cached on first use)."""
+    if settings.base_model is not None:
+        return settings.base_model
+    from gpu_runtime.demo.build import build_demo_model
+
+    return build_demo_model(cache_dir=settings.model_cache_dir)
+
+
+def _device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+async def start_embedded(settings: Settings, base_model_name: str) -> EmbeddedBackend:
+    """Load the model into this process and start the engine's scheduler (the lifespan closes it)."""
+    model_dir = await asyncio.to_thread(resolve_model_dir, settings)
+    engine = InferenceEngine(
+        model_dir,
+        device=_device(settings.device),
+        max_batch_size=settings.engine_max_batch,
+        max_queue=settings.engine_max_queue,
+        adapter_capacity=settings.engine_adapter_capacity,
+        base_model_name=base_model_name,
+        default_max_tokens=settings.engine_max_tokens,
+    )
+    await asyncio.to_thread(engine.start)
+    return EmbeddedBackend(engine)
