@@ -13,7 +13,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -69,7 +69,7 @@ class KeyRing:
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(
-                    DataKey.__table__.insert().values(request_id=request_id, key=key, created_at=utcnow())
+                    insert(DataKey).values(request_id=request_id, key=key, created_at=utcnow())
                 )
         except IntegrityError:  # another writer created it first: use theirs
             existing = await self._get(request_id)

@@ -377,16 +377,16 @@ class S3Store:
     def stored_request_ids(self, keys_older_than_s: float) -> set[str]:
         """Requests that may be orphans: a data key older than the grace period, or sealed objects
         without any key (already shredded: unreadable, nothing to wait for)."""
-        keyed = dict(self.keys.request_ids_with_age())
-        found = {rid for rid, age in keyed.items() if age >= keys_older_than_s}
         paginator = self.client.get_paginator("list_objects_v2")
         prefix = self._key("requests") + "/"
+        listed: set[str] = set()
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
-                rid = common["Prefix"][len(prefix) :].rstrip("/")
-                if rid not in keyed:
-                    found.add(rid)
-        return found
+                listed.add(common["Prefix"][len(prefix) :].rstrip("/"))
+        # Keys are read after the listing: a key is created before its request's first object, so an
+        # object listed here has its key in this read unless the key was really shredded.
+        keyed = dict(self.keys.request_ids_with_age())
+        return {rid for rid, age in keyed.items() if age >= keys_older_than_s} | (listed - set(keyed))
 
     def prune_local(self) -> list[str]:
         """Delete this host's scratch copies of requests whose key is gone (purged elsewhere)."""
