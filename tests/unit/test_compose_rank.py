@@ -26,7 +26,8 @@ from gpu_runtime.pipeline.errors import BadInput
 from gpu_runtime.pipeline.types import PipelineOptions
 
 PREFIX = "base_model.model.model.layers.0."
-SHAPES = {"self_attn.q_proj": (48, 64), "self_attn.v_proj": (32, 64), "mlp.down_proj": (64, 96)}
+# Wider than the concatenated rank (80), so a cap of 64 really truncates.
+SHAPES = {"self_attn.q_proj": (96, 128), "self_attn.v_proj": (88, 128), "mlp.down_proj": (128, 160)}
 
 
 def write_adapter(
@@ -110,7 +111,7 @@ def test_recompression_reproduces_the_summed_delta_within_the_reported_error(tmp
         # Eckart-Young: nothing of rank 64 is closer than the truncated SVD.
         s = torch.linalg.svdvals(want)
         assert error == pytest.approx(float(s[64:].norm() / s.norm()), abs=1e-5), name
-        assert 0 < error < 1
+        assert 0.01 < error < 1  # lossy: the summed delta has rank 80
     assert report["reconstruction_error_max"] == pytest.approx(max(per_module.values()))
     assert report["reconstruction_error_mean"] == pytest.approx(sum(per_module.values()) / len(per_module))
 
@@ -150,7 +151,7 @@ def test_under_the_cap_the_concatenation_is_kept(tmp_path: Path) -> None:
 
 
 def test_served_delta_on_the_merged_deployed_adapter_gives_the_served_model(tmp_path: Path) -> None:
-    only_delta = {**SHAPES, "mlp.up_proj": (96, 64)}  # a module the deployed adapter lacks
+    only_delta = {**SHAPES, "mlp.up_proj": (160, 128)}  # a module the deployed adapter lacks
     v1 = write_adapter(tmp_path / "v1", rank=40, alpha=16, seed=8)
     delta = write_adapter(tmp_path / "delta", rank=40, alpha=16, seed=9, shapes=only_delta)
     unlearn = tmp_path / "unlearn"
