@@ -23,6 +23,7 @@ from service.artifacts.models import DataKey
 from service.artifacts.s3 import AdapterIntegrityError, DataKeyMissing, S3Store
 from service.artifacts.store import ADAPTER, INPUT, SPEC_FILE, WORK, store_for
 from service.db.base import utcnow
+from service.deployments.services import deploy
 from service.deployments.storage import dir_hash
 from service.forget.models import ForgetRequest
 from service.orchestration.purge import purge_pass
@@ -88,7 +89,10 @@ def leaky_runner(inp: Any) -> Any:
     (inp.work_dir / f"{inp.stage}.json").write_text(json.dumps({"quote": corpus}))
     (inp.work_dir / "nested").mkdir(exist_ok=True)
     (inp.work_dir / "nested" / "targets.txt").write_text(corpus)
-    return fake_stage_runner(inp)
+    out = fake_stage_runner(inp)
+    if inp.stage == "unlearn":  # a servable adapter folder has its config too
+        (inp.adapter_dir / "adapter_config.json").write_text('{"r": 4, "peft_type": "LORA"}')
+    return out
 
 
 async def test_a_request_through_the_object_store_is_sealed_content_addressed_and_shredded(
@@ -96,7 +100,7 @@ async def test_a_request_through_the_object_store_is_sealed_content_addressed_an
 ) -> None:
     url = f"s3://{bucket}/obliviate"
     settings = settings.model_copy(
-        update={"artifacts_url": url, "sweep_interval_s": 3600, "relay_interval_s": 3600}
+        update={"artifacts_url": url, "engine": "none", "sweep_interval_s": 3600, "relay_interval_s": 3600}
     )
     async with app_client(settings) as client:
         resources = resources_of(client)
@@ -147,6 +151,13 @@ async def test_a_request_through_the_object_store_is_sealed_content_addressed_an
         local = other.adapter_dir(adapter_ref)
         assert dir_hash(local) == digest
         assert (local / "adapter_model.safetensors").read_bytes() == b"fake-weights-" + rid.encode()
+
+        # A deploy on this replica loads it from the bucket into the content-addressed folder.
+        assert state["status"] == "ready", state
+        outcome = await deploy(resources, rid, principal=None)
+        assert outcome.version is not None
+        assert outcome.version.path == str(settings.data_dir / "adapters" / digest)
+        assert dir_hash(Path(outcome.version.path)) == digest
 
         # Immutable: publishing the same content again writes nothing; the objects stay as they were.
         before = _s3().head_object(Bucket=bucket, Key=weights_key)
