@@ -87,6 +87,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class S3Store:
     """``ArtifactStore`` on S3 (see the module docstring for the layout and the sealing)."""
 
+    remote = True
+
     def __init__(self, url: str, local_root: Path, keys: KeyRing, client: Any | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:

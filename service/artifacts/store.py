@@ -32,6 +32,9 @@ PURGED_AREAS = (INPUT, WORK)
 
 
 class ArtifactStore(Protocol):
+    #: Whether calls go over the network (callers on the event loop then use a thread).
+    remote: bool
+
     def put_json(self, request_id: str, area: str, name: str, obj: Any) -> int:
         """Store ``obj`` atomically; returns its size in bytes."""
         ...
@@ -72,6 +75,8 @@ def _safe(part: str) -> str:
 
 class LocalArtifactStore:
     """The default store: a directory tree on the local disk (shared by service and worker)."""
+
+    remote = False
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -113,7 +113,8 @@ def _in_flight(resources: Resources) -> idempotency.InFlight:
     return registry
 
 
-# Corpora larger than this are written from a thread, so a big upload does not stall the event loop.
+# Corpora larger than this (and any corpus bound for an object store) are written from a thread, so a
+# big upload does not stall the event loop.
 _INLINE_SPEC_BYTES = 64 * 1024
 
 
@@ -130,7 +131,7 @@ async def _create(
             body: dict[str, Any] = msgspec.to_builtins(to_out(prepared.row, due_soon_s=settings.due_soon_s))
             # The corpus is stored before its row exists: a crash in between leaves an orphan
             # folder, never a request without its corpus.
-            if checked.corpus_bytes > _INLINE_SPEC_BYTES:
+            if checked.corpus_bytes > _INLINE_SPEC_BYTES or store.remote:
                 await asyncio.to_thread(store.put_json, prepared.request_id, INPUT, SPEC_FILE, prepared.spec)
             else:
                 store.put_json(prepared.request_id, INPUT, SPEC_FILE, prepared.spec)
@@ -151,7 +152,7 @@ async def _create(
                 _kick_relay(resources)
                 return _created_response(body, 202, replayed=False)
             # Another process stored this key first: drop our copy of the corpus and answer as it says.
-            store.purge(prepared.request_id, (INPUT,))
+            await asyncio.to_thread(store.purge, prepared.request_id, (INPUT,))
             replay = await idempotency.resolve(
                 resources.sessionmaker, settings, tenant=principal.tenant, key=key, body_hash=body_hash
             )
