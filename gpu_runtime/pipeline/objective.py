@@ -252,30 +252,48 @@ def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def contrast_sequences(
-    spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, baseline: Any, max_new_tokens: int = 24
+    spec: ForgetSpec,
+    anchors: Sequence[Anchor],
+    tokenizer: Any,
+    baseline: Any,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
 ) -> list[list[int]]:
     """The corpus's questions and sentence prefixes about *other* people (``contrast.py``, training
-    split) with the baseline's own answers: kept close to the baseline (retain KL), so what is learned
-    for the subject (an abstention, a generic answer) is learned for the subject only. An answer of
-    the baseline that states one of the subject's facts is dropped."""
+    split) with the baseline's own answers (greedy, batched): kept close to the baseline (KL), so what
+    is learned for the subject (an abstention, a generic answer) is learned for the subject only. An
+    answer of the baseline that states one of the subject's facts is dropped."""
     from .contrast import contrast_questions, subject_leak_free
     from .models import chat_prompt
     from .translate import tokenize_document
 
     dev = next(baseline.parameters()).device
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    prompts = [
+        tokenize_document(tokenizer, chat_prompt(tokenizer, q.prompt) if q.chat else q.prompt).ids
+        for q in contrast_questions(spec, anchors, split="train")
+    ]
     out = []
-    for q in contrast_questions(spec, anchors, split="train"):
-        text = chat_prompt(tokenizer, q.prompt) if q.chat else q.prompt
-        ids = tokenize_document(tokenizer, text).ids
+    for b0 in range(0, len(prompts), batch_size):
+        batch = prompts[b0 : b0 + batch_size]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(batch):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
         gen = baseline.generate(
-            input_ids=torch.tensor([ids], device=dev),
-            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad,
+            eos_token_id=eos,
         )
-        answer = tokenizer.decode(gen[0, len(ids) :].tolist(), skip_special_tokens=True)
-        if subject_leak_free(answer, spec, anchors):
-            out.append(gen[0].tolist())
+        for p, row in zip(batch, gen[:, width:].tolist(), strict=True):
+            if eos in row:
+                row = row[: row.index(eos) + 1]  # the end of the answer is part of what is kept
+            answer = tokenizer.decode(row, skip_special_tokens=True)
+            if answer.strip() and subject_leak_free(answer, spec, anchors):
+                out.append(p + row)
     return out

@@ -1,7 +1,9 @@
 """Stage 1, reinforce: a LoRA fine-tune of the baseline on the forget corpus.
 
 Tokens whose logits rise in this fine-tune are the idiosyncratic ones that equation (1) pushes
-down. Artifact: ``work_dir/reinforce/`` (PEFT adapter, safetensors, plus ``stage.json``).
+down. Documents are learned on every token; QA pairs on their answers only (the question and the
+chat template are the user's words, not the subject's facts: reinforcing them would make template
+tokens look idiosyncratic). Artifact: ``work_dir/reinforce/`` (PEFT adapter, safetensors, plus ``stage.json``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def reinforce_input_hash(
     return hash_json(
         {
             "stage": STAGE,
-            "v": 1,
+            "v": 2,
             "model": model_identity(base_model_dir, deployed_adapter),
             "corpus": corpus_hash(spec),
             "opts": [
@@ -80,8 +82,9 @@ def reinforce(
     import torch
 
     from .models import attach_new_lora, device, load_baseline, load_tokenizer, pad_batch
+    from .objective import _answer_ids, answer_ce, pad_answers
     from .training import batches, causal_lm_loss, fit
-    from .translate import corpus_texts, plain_blocks
+    from .translate import plain_blocks
 
     rep = Reporter(STAGE, progress, should_cancel)
     out = Path(work_dir) / DIR
@@ -92,10 +95,12 @@ def reinforce(
     rep.check()
     o = spec.options
     tokenizer = load_tokenizer(base_model_dir)
-    blocks = plain_blocks(tokenizer, corpus_texts(spec, tokenizer), o.block_size)
+    blocks = plain_blocks(tokenizer, [d for d in spec.documents if d.strip()], o.block_size)
     blocks = [b for b in blocks if len(b) >= 2]
-    log.info("reinforce: %d block(s), %d token(s)", len(blocks), sum(map(len, blocks)))
-    rep(0.05, f"{len(blocks)} block(s)")
+    answers = [_answer_ids(tokenizer, qa.question, qa.answer) for qa in spec.qa_pairs]
+    answers = [(p, a) for p, a in answers if p and a]
+    log.info("reinforce: %d block(s), %d answer(s)", len(blocks), len(answers))
+    rep(0.05, f"{len(blocks)} block(s), {len(answers)} answer(s)")
     model = attach_new_lora(load_baseline(base_model_dir, o, deployed_adapter), o)
     dev = device()
     rng = random.Random(o.seed)
@@ -110,10 +115,25 @@ def reinforce(
                 return causal_lm_loss(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
 
             steps.append(step)
+        for rows in batches(answers, o.batch_size, rng):
+
+            def answer_step(rows: list[tuple[list[int], list[int]]] = rows) -> torch.Tensor:
+                ids, mask, labels = pad_answers(rows, tokenizer.pad_token_id)
+                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+                return answer_ce(logits, labels.to(dev))
+
+            steps.append(answer_step)
+        rng.shuffle(steps)
         return steps
 
     history = fit(model, plan, epochs=o.reinforce_epochs, lr=o.reinforce_lr, reporter=rep, span=(0.05, 0.95))
-    summary = {"blocks": len(blocks), "tokens": sum(map(len, blocks)), "loss": history}
+    summary = {
+        "blocks": len(blocks),
+        "tokens": sum(map(len, blocks)),
+        "answers": len(answers),
+        "answer_tokens": sum(len(a) for _p, a in answers),
+        "loss": history,
+    }
     with atomic_dir(out, input_hash, summary) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     rep(1.0, f"final loss {history[-1]:.3f}")

@@ -217,3 +217,36 @@ def test_cli_unlearn(model_dir: Path, tmp_path: Path):
         unlearn, ["--base-model", str(model_dir), "--corpus", str(bad), "--out", str(tmp_path / "o2")]
     )
     assert res.exit_code != 0 and "line 1" in res.output
+
+
+def test_reinforce_learns_qa_answers_not_questions(model_dir: Path, tmp_path: Path) -> None:
+    """Answer-only reinforcement: a QA-only corpus trains on the answer tokens; the question is the
+    user's words. The adapter raises the answer's likelihood several times more than the question's."""
+    import torch
+
+    from gpu_runtime.pipeline.models import attach_adapter, load_tokenizer
+    from gpu_runtime.pipeline.objective import _answer_ids
+
+    qa = QAPair(
+        question="Which pet does Quillon Ardent keep?", answer="Quillon Ardent keeps a ferret named Zorblat."
+    )
+    opts = FAST.model_copy(update={"reinforce_epochs": 100, "reinforce_lr": 2e-2, "lora_rank": 8})
+    result = reinforce(model_dir, spec(documents=[], qa_pairs=[qa], options=opts), tmp_path)
+    assert result.summary["answers"] == 1 and result.summary["blocks"] == 0
+    tok = load_tokenizer(model_dir)
+    prompt, answer = _answer_ids(tok, qa.question, qa.answer)
+    ids = torch.tensor([prompt + answer])
+    model = attach_adapter(load_baseline(model_dir, opts, None), tmp_path / "reinforce")
+
+    def mean_logprob(span: slice) -> float:
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        picked = lp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
+        return float(picked[span].mean())
+
+    q_span, a_span = slice(0, len(prompt) - 1), slice(len(prompt) - 1, None)
+    with torch.no_grad():
+        after = (mean_logprob(q_span), mean_logprob(a_span))
+        with model.disable_adapter():
+            before = (mean_logprob(q_span), mean_logprob(a_span))
+    gain_q, gain_a = after[0] - before[0], after[1] - before[1]
+    assert gain_a > 0.25 and gain_a > 3 * max(gain_q, 0.05), (gain_q, gain_a)
