@@ -246,7 +246,9 @@ def _mean_logprob(
 ) -> float | None:
     """Mean log-probability per token of ``answer`` after ``prompt``. ``skip_names``: leave out
     tokens with a capital letter or a digit (names, numbers): a generic replacement of a fact is
-    unlikely under a model that memorised the fact, which says nothing about broken language."""
+    unlikely under a model that memorised the fact, which says nothing about broken language. The
+    spans of structured values (``pii.detect``) are left out for the same reason."""
+    from .pii import detect
     from .translate import encode_piece
 
     if not skip_names:
@@ -263,6 +265,8 @@ def _mean_logprob(
     for m in re.finditer(r"\w+", text):
         if m.group()[0].isupper() or any(ch.isdigit() for ch in m.group()):
             named[m.start() : m.end()] = [True] * (m.end() - m.start())
+    for d in detect(text):  # a value slot (e-mail, URL, handle, address ...) holds a fact, not language
+        named[d.start : d.end] = [True] * (d.end - d.start)
     keep, start = [], 0
     for i, v in enumerate(token_lp):
         end = len(tokenizer.decode(ref[: i + 1]))
@@ -385,7 +389,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 3,
+            "v": 4,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],
