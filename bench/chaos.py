@@ -251,6 +251,7 @@ class Outcome:
     duplicated: list[str] = field(default_factory=list)
     versions: int = 0
     failure: str | None = None
+    requeues: int = 0  # job.requeued audit events: stages the sweeper gave a new attempt
 
 
 def classify(
@@ -262,6 +263,7 @@ def classify(
     *,
     now: float,
     stall_s: float,
+    requeues: dict[str, int] | None = None,
 ) -> list[Outcome]:
     """Sort every filed request into deployed / parked / failed / cancelled / lost, and flag stuck and
     duplicated ones.
@@ -313,6 +315,7 @@ def classify(
                 duplicated=dup,
                 versions=per_request[rid] if rid else 0,
                 failure=failure,
+                requeues=(requeues or {}).get(rid or "", 0),
             )
         )
     return out
@@ -370,6 +373,7 @@ def summarise(
         "stuck": sum(o.stuck for o in outcomes),
         "duplicated": sum(bool(o.duplicated) for o in outcomes),
         "failure_codes": dict(Counter(o.failure for o in outcomes if o.failure)),
+        "sweeper_requeues": sum(o.requeues for o in outcomes),
         "mis_served": verdicts["mis_served"] + (0 if final_serving_ok else 1),
         "probes": dict(verdicts),
         "final_serving_ok": final_serving_ok,
@@ -735,11 +739,11 @@ class Api:
     def deployments(self) -> dict[str, Any]:
         return dict(self.call("GET", "/v1/deployments/").json())
 
-    def deploy_events(self, request_id: str) -> int:
+    def audit_actions(self, request_id: str) -> Counter[str]:
         response = self.call("GET", f"/v1/forget-requests/{request_id}/audit")
         if response.status_code != 200:
-            return 0
-        return sum(e.get("action") == "status.deployed" for e in response.json().get("events", []))
+            return Counter()
+        return Counter(str(e.get("action")) for e in response.json().get("events", []))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -883,7 +887,7 @@ class Chaos:
         )
 
     def _run(self) -> None:
-        while not self.stop.wait(0.3):
+        while not self.stop.wait(0.1):
             self.refresh()
             now = time.monotonic()
             for t in list(self.tracked):
@@ -995,14 +999,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         listed = api.listed()
         refs = Counter(str((r.get("metadata") or {}).get("data_subject_ref")) for r in listed)
         final = {f["request_id"]: api.get(f["request_id"]) for f in filed if f["request_id"]}
-        events = {rid: api.deploy_events(rid) for rid, body in final.items() if body}
+        actions = {rid: api.audit_actions(rid) for rid, body in final.items() if body}
+        events = {rid: a["status.deployed"] for rid, a in actions.items()}
+        requeues = {rid: a["job.requeued"] for rid, a in actions.items()}
         # A filing never acknowledged but present in the list was not lost: adopt its id.
         by_ref = {str((r.get("metadata") or {}).get("data_subject_ref")): r for r in listed}
         for f in filed:
             if f["request_id"] is None and f["ref"] in by_ref:
                 f["request_id"] = by_ref[f["ref"]]["id"]
                 final[f["request_id"]] = by_ref[f["ref"]]
-        outcomes = classify(filed, final, versions, events, refs, now=time.time(), stall_s=args.stall_timeout)
+        outcomes = classify(
+            filed,
+            final,
+            versions,
+            events,
+            refs,
+            now=time.time(),
+            stall_s=args.stall_timeout,
+            requeues=requeues,
+        )
         history = chat_history(versions)
         verdicts = [judge_probe(p, history, args.swap_grace) for p in prober.results]
         stack.stop()
@@ -1078,6 +1093,7 @@ def print_report(result: dict[str, Any]) -> None:
     table.add_row("chat probes", ", ".join(f"{k} {v}" for k, v in sorted(s["probes"].items())))
     table.add_row("faults fired", ", ".join(f"{k} {v}" for k, v in sorted(s["faults_fired"].items())))
     table.add_row("faults skipped (request settled first)", str(s["faults_skipped"]))
+    table.add_row("stages re-enqueued by the sweeper", str(s["sweeper_requeues"]))
     table.add_row("served version right after settling", "ok" if s["final_serving_ok"] else "WRONG")
     table.add_row("audit chain", ("verifies" if s["audit_chain_ok"] else "BROKEN") + f" ({result['audit']})")
     table.add_row("settled after the last fault (s)", f"{s['settle_s']:.0f}")

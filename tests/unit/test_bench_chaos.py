@@ -108,7 +108,9 @@ def test_classify_counts_lost_stuck_duplicated() -> None:
     ]
     events = {"fr_0": 2, "fr_1": 1, "fr_7": 2}
     refs = Counter({"ref-0": 1, "ref-1": 1, "ref-2": 2, "ref-3": 1})
-    out = {o.index: o for o in classify(filed, final, versions, events, refs, now=now, stall_s=30)}
+    requeues = {"fr_0": 2, "fr_5": 1}
+    outcomes = classify(filed, final, versions, events, refs, now=now, stall_s=30, requeues=requeues)
+    out = {o.index: o for o in outcomes}
     assert [out[i].category for i in range(9)] == [
         "deployed", "deployed", "parked", "failed", "lost", "lost", "lost", "deployed", "lost",
     ]  # fmt: skip
@@ -125,6 +127,7 @@ def test_classify_counts_lost_stuck_duplicated() -> None:
     assert (summary["lost"], summary["stuck"], summary["duplicated"]) == (4, 1, 3)
     assert (summary["deployed"], summary["parked"], summary["failed"]) == (3, 1, 1)
     assert summary["mis_served"] == 0 and summary["faults_skipped"] == 1
+    assert summary["sweeper_requeues"] == 3
     assert summary["faults_by_point"] == {"kill_worker@reinforce": 1}
     assert targets_met(summary) == {
         "lost": False,
