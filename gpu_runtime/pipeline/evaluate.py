@@ -429,6 +429,16 @@ def evaluate(
         with model.disable_adapter():
             before = probe_metrics(model, tokenizer, probes, terms, o.max_new_tokens)
         after = probe_metrics(model, tokenizer, probes, terms, o.max_new_tokens)
+        # Per probe with a reference: its per-token (geometric mean) probability before and after.
+        # Numbers only, in probe order, for the request report's plot (the API never reads work files).
+        scored = [p for p in probes if p.reference.strip()]
+        with model.disable_adapter():
+            lp_before = [answer_logprob(model, tokenizer, p) for p in scored]
+        lp_after = [answer_logprob(model, tokenizer, p) for p in scored]
+        report.setdefault("answer_prob", {})[kind] = {
+            when: [round(math.exp(lp / n), 4) if n else 0.0 for lp, n in lps]
+            for when, lps in (("before", lp_before), ("after", lp_after))
+        }
         section = {"before": before, "after": after, "chat": [p.chat for p in probes]}
         words_here = vocabulary | vocabulary_of(
             [p.prompt for p in probes] + [r["completion"] for r in before["rows"]]
@@ -554,6 +564,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         s["retain_perplexity_before"] = report["retain_perplexity"]["before"]
         s["retain_perplexity_after"] = report["retain_perplexity"]["after"]
     s["kl_general"] = report["kl_general"]
+    if "answer_prob" in report:  # {kind: {"before": [p, ...], "after": [p, ...]}}, per probe
+        s["answer_prob"] = report["answer_prob"]
     if "judge" in report:
         s["judge_mean"] = report["judge"]["mean"]
         s["judge_familiarity_rate"] = report["judge"]["familiarity_rate"]
