@@ -38,6 +38,7 @@ def _domain_route_handlers() -> list[Any]:
     from service.deployments.controllers import DeploymentsController
     from service.forget.controllers import CertificateKeyController, ForgetRequestController
     from service.gateway.controllers import OpenAIController
+    from service.report.controllers import ReportController, ReportWebController
     from service.review.controllers import ReviewController
     from service.review.web import ReviewWebController, static_router
     from service.verification.controllers import VerificationController
@@ -51,6 +52,8 @@ def _domain_route_handlers() -> list[Any]:
         VerificationController,
         ReviewController,
         ReviewWebController,
+        ReportController,
+        ReportWebController,
         static_router(),
     ]
 
