@@ -209,7 +209,7 @@ async def timeline(session: AsyncSession, request_id: str) -> list[dict[str, Any
     rows = await session.execute(
         select(RequestEvent.id, RequestEvent.kind, RequestEvent.data, RequestEvent.created_at)
         .where(RequestEvent.request_id == request_id, RequestEvent.kind != "progress")
-        .order_by(RequestEvent.id)
+        .order_by(RequestEvent.created_at, RequestEvent.id)
         .limit(MAX_TIMELINE)
     )
     return [

@@ -62,7 +62,7 @@ def report_metrics(probes: int = 200, seed: int = 0) -> dict[str, Any]:
             "leak_rate_after_ranking": 0.05,
         }
     )
-    first = decide({**summary, "leaks_after_probe": 2})
+    first = decide({**summary, "leaks_after_probe": 2, "leak_rate_after_probe": 2 / per_kind[0]})
     final = decide(summary)
     attempts = [attempt_record(0, first), attempt_record(1, final)]
     return {**summary, "gate": {**final.record(), "escalation": 1, "attempts": attempts}, "passed": True}
