@@ -44,7 +44,7 @@ class _TwoFormats(_Base):  # type: ignore[misc,valid-type]
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        responses = self.responses or {}
+        responses: dict[str, Any] = dict(getattr(self, "responses", None) or {})
         responses["200"] = OpenAPIResponse(
             description="The report: an HTML page (default) or the same data as JSON.",
             content={
