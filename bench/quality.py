@@ -271,9 +271,14 @@ def _module_sources(*modules: Any) -> list[bytes]:
     return [Path(str(m.__file__)).read_bytes() for m in modules]
 
 
+@lru_cache(maxsize=1)
 def train_code_hash() -> str:
     """The code that trains the reference models: the demo model's tokenizer and architecture
-    modules and this file's training functions. A change there invalidates the cached models."""
+    modules and this file's training functions. A change there invalidates the cached models.
+
+    Computed once per process (``main`` calls it first): ``inspect.getsource`` reads the file on
+    disk, so a process that outlives an edit of this file would otherwise hash the wrong lines.
+    """
     import inspect
 
     import gpu_runtime.demo.model as demo_model
@@ -1010,8 +1015,10 @@ def run_code_hash() -> str:
     return files_hash(root, code_files(root))
 
 
+@lru_cache(maxsize=1)
 def eval_code_hash() -> str:
-    """The code of the measurements (cached evaluations of the reference models are keyed on it)."""
+    """The code of the measurements (cached evaluations of the reference models are keyed on it);
+    computed once per process, like ``train_code_hash``."""
     import inspect
 
     import bench._tofu as tofu
@@ -1139,7 +1146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     from gpu_runtime.demo.build import default_cache_dir
 
-    code = run_code_hash()  # the code as it is now, before anything is imported lazily
+    # The code as it is now, before anything is imported lazily or edited during the run.
+    code, _, _ = run_code_hash(), train_code_hash(), eval_code_hash()
     cache = Path(args.model_cache).expanduser() if args.model_cache else default_cache_dir()
     records = _records(args)
     plan = plan_authors(records, args.authors, args.validation_authors)

@@ -506,7 +506,14 @@ def test_cache_keys_change_when_code_changes(monkeypatch: pytest.MonkeyPatch, tm
     assert train == q.train_code_hash() and run == q.run_code_hash()
     monkeypatch.setattr(q, "TRAIN_FORMAT", q.TRAIN_FORMAT + 1)
     monkeypatch.setattr(q, "EVAL_FORMAT", q.EVAL_FORMAT + 1)
-    assert q.train_code_hash() != train and q.eval_code_hash() != evaluation
+    assert q.train_code_hash() == train  # computed once per process
+    q.train_code_hash.cache_clear()
+    q.eval_code_hash.cache_clear()
+    try:
+        assert q.train_code_hash() != train and q.eval_code_hash() != evaluation
+    finally:
+        q.train_code_hash.cache_clear()
+        q.eval_code_hash.cache_clear()
 
     recs = _tr_records(30, set(range(30)))
     plan = plan_authors(recs, n_authors=24)
