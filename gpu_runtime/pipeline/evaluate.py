@@ -64,21 +64,20 @@ def _encode_prompt(tokenizer: Any, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_complete(
-    model: Any, tokenizer: Any, probes: Sequence[Probe], max_new_tokens: int, batch_size: int = 16
-) -> list[str]:
-    """Greedy completions, batched with left padding."""
+def greedy_ids(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16
+) -> list[list[int]]:
+    """Greedy continuations of token-id prompts, batched with left padding; each cut after its EOS
+    (kept) when one comes."""
     dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    outs: list[str] = []
-    for b0 in range(0, len(probes), batch_size):
-        prompts = [
-            _encode_prompt(tokenizer, _prompt_text(tokenizer, p)) for p in probes[b0 : b0 + batch_size]
-        ]
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    outs: list[list[int]] = []
+    for b0 in range(0, len(prompts), batch_size):
+        batch = prompts[b0 : b0 + batch_size]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(batch):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         gen = model.generate(
@@ -87,13 +86,23 @@ def greedy_complete(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=eos,
         )
         for row in gen[:, width:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            outs.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            outs.append(row[: row.index(eos) + 1] if eos in row else row)
     return outs
+
+
+def greedy_complete(
+    model: Any, tokenizer: Any, probes: Sequence[Probe], max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """Greedy completions of probes (batched), decoded without the EOS."""
+    prompts = [_encode_prompt(tokenizer, _prompt_text(tokenizer, p)) for p in probes]
+    eos = tokenizer.eos_token_id
+    return [
+        tokenizer.decode(row[:-1] if row and row[-1] == eos else row, skip_special_tokens=True).strip()
+        for row in greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size)
+    ]
 
 
 @torch.no_grad()
@@ -389,7 +398,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 4,
+            "v": 5,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

@@ -264,36 +264,19 @@ def contrast_sequences(
     is learned for the subject (an abstention, a generic answer) is learned for the subject only. An
     answer of the baseline that states one of the subject's facts is dropped."""
     from .contrast import contrast_questions, subject_leak_free
+    from .evaluate import greedy_ids
     from .models import chat_prompt
     from .translate import tokenize_document
 
-    dev = next(baseline.parameters()).device
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     prompts = [
         tokenize_document(tokenizer, chat_prompt(tokenizer, q.prompt) if q.chat else q.prompt).ids
         for q in contrast_questions(spec, anchors, split="train")
     ]
     out = []
-    for b0 in range(0, len(prompts), batch_size):
-        batch = prompts[b0 : b0 + batch_size]
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        gen = baseline.generate(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=eos,
-        )
-        for p, row in zip(batch, gen[:, width:].tolist(), strict=True):
-            if eos in row:
-                row = row[: row.index(eos) + 1]  # the end of the answer is part of what is kept
-            answer = tokenizer.decode(row, skip_special_tokens=True)
-            if answer.strip() and subject_leak_free(answer, spec, anchors):
-                out.append(p + row)
+    for p, row in zip(
+        prompts, greedy_ids(baseline, tokenizer, prompts, max_new_tokens, batch_size), strict=True
+    ):
+        answer = tokenizer.decode(row, skip_special_tokens=True)  # the EOS is part of what is kept
+        if answer.strip() and subject_leak_free(answer, spec, anchors):
+            out.append(p + row)
     return out
