@@ -42,6 +42,8 @@ from service.forget import lifecycle
 from service.forget.lifecycle import STAGE_STATUS, Status
 from service.forget.models import ForgetRequest, RequestEvent
 from service.forget.service import transition
+from service.observability import stages as stage_metrics
+from service.observability import tracing
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -680,11 +682,34 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
     return {"request_id": request_id, "stage": stage, "attempt": attempt, "outcome": new_status or "stale"}
 
 
+#: Job outcomes other than "the stage finished" (then the outcome is the request's next status).
+_NOT_DONE = frozenset({"stale", "failed", "timeout", "cancelled", "bad_input"})
+
+
 def _make_job(stage: str) -> Callable[..., Any]:
     async def job(
         ctx: dict[str, Any], request_id: str, job_stage: str = stage, attempt: int = 1
     ) -> dict[str, Any]:
-        return await run_stage_job(ctx, request_id, stage, int(attempt))
+        # Metrics (durations and attempts, in Redis for every API replica's /metrics) and an optional
+        # span joined to the request's trace; both carry ids and stage names only.
+        redis = ctx.get("redis")
+        async with (
+            tracing.request_span(
+                ctx["settings"],
+                redis,
+                f"obliviate.stage.{stage}",
+                request_id,
+                stage=stage,
+                attempt=int(attempt),
+                job_try=int(ctx.get("job_try", 1)),
+            ) as span,
+            stage_metrics.observe(redis, stage) as seen,
+        ):
+            result = await run_stage_job(ctx, request_id, stage, int(attempt))
+            outcome = str(result.get("outcome"))
+            seen.outcome = outcome if outcome in _NOT_DONE else "ok"
+            tracing.set_attributes(span, outcome=seen.outcome)
+            return result
 
     job.__name__ = f"{stage}_job"
     job.__qualname__ = job.__name__

@@ -38,6 +38,7 @@ def _domain_route_handlers() -> list[Any]:
     from service.deployments.controllers import DeploymentsController
     from service.forget.controllers import CertificateKeyController, ForgetRequestController
     from service.gateway.controllers import OpenAIController
+    from service.observability.controller import MetricsController
     from service.report.controllers import ReportController, ReportWebController
     from service.review.controllers import ReviewController
     from service.review.web import ReviewWebController, static_router
@@ -54,6 +55,7 @@ def _domain_route_handlers() -> list[Any]:
         ReviewWebController,
         ReportController,
         ReportWebController,
+        MetricsController,
         static_router(),
     ]
 
@@ -82,6 +84,11 @@ def create_app(
 ) -> Litestar:
     """Build the Obliviate API for ``settings``."""
     hooks = [*_domain_startup_hooks(), *startup_hooks]
+    middleware: list[Any] = []
+    if settings.metrics_enabled:
+        from service.observability.controller import http_metrics_middleware
+
+        middleware.append(http_metrics_middleware())
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -118,6 +125,7 @@ def create_app(
         lifespan=[lifespan],
         dependencies={"resources": Provide(provide_resources, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=middleware,
         template_config=_template_config(),
         request_max_body_size=settings.max_body_bytes,
         # Body schemas as msgspec validates them (see service.core.openapi).

@@ -266,6 +266,29 @@ class Settings(BaseSettings):
     review_session_ttl_s: float = Field(
         default=8 * 3600.0, gt=0, description="How long a review UI sign-in lasts."
     )
+    # --- observability (service/observability) ---------------------------------------------------
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics at /metrics.")
+    metrics_bearer_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="A bearer token Prometheus presents for /metrics (`authorization: credentials`). "
+        "/metrics also accepts an operator API key.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="/metrics answers without credentials (only where nothing but the scraper reaches it).",
+    )
+    metrics_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Database- and Redis-derived gauges are recomputed at most this often (0: every scrape).",
+    )
+    tracing: Literal["off", "global", "console", "otlp"] = Field(
+        default="off",
+        description="OpenTelemetry spans (needs the `otel` extra): `global` uses the process's tracer "
+        "provider (set by `opentelemetry-instrument` or the embedding application), `console` prints spans, "
+        "`otlp` exports with OTLP/HTTP to the standard OTEL_EXPORTER_OTLP_* endpoint. Off: no spans.",
+    )
 
     @field_validator("upstream_urls", mode="before")
     @classmethod

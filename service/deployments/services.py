@@ -32,7 +32,7 @@ from service.core.state import Resources
 from service.db.base import utcnow
 from service.deployments import storage
 from service.deployments.models import AdapterVersion, AliasEvent, ServedAlias
-from service.deployments.serving import AliasView, Serving, engine_adapter_id, get_serving, view_of
+from service.deployments.serving import AliasView, Serving, _bump, engine_adapter_id, get_serving, view_of
 from service.forget import service as forget_service
 from service.forget.models import ForgetRequest
 
@@ -143,6 +143,27 @@ async def deploy(
 
     A request that failed the acceptance gate needs ``override`` with a ``reason`` from an admin.
     """
+    from service.observability import tracing
+
+    async with tracing.request_span(
+        resources.settings, resources.arq, "obliviate.deploy", request_id, automatic=principal is None
+    ) as span:
+        outcome = await _deploy(
+            resources, request_id, principal=principal, alias=alias, override=override, reason=reason
+        )
+        tracing.set_attributes(span, alias=outcome.view.alias, version=outcome.view.version)
+        return outcome
+
+
+async def _deploy(
+    resources: Resources,
+    request_id: str,
+    *,
+    principal: Principal | None,
+    alias: str | None = None,
+    override: bool = False,
+    reason: str = "",
+) -> SwapOutcome:
     serving = get_serving(resources)
     async with resources.sessionmaker() as session:
         if principal is not None:
@@ -259,12 +280,16 @@ async def _check_parent(manifest: dict[str, Any], parent: AdapterVersion | None)
 
 
 async def load_or_raise(serving: Serving, engine_id: str, path: Path | str, sha: str, *, model: str) -> None:
+    # Metrics label by alias; every request-scoped adapter ("adapter:<id>") shares one label.
+    label = "adapter" if model.startswith("adapter:") else model
     try:
-        await serving.load(engine_id, path, sha)
+        await serving.load(engine_id, path, sha, alias=label)
     except ServiceError:
         raise
     except Exception as exc:
         from service.gateway.errors import map_engine_error
+
+        _bump(serving.metrics.load_failures_total, label)
 
         raise map_engine_error(exc, model=model, prompt_param="request_id") from None
 

@@ -97,6 +97,8 @@ class ServingMetrics:
     unavailable_transitions_total: dict[str, int] = field(default_factory=dict)  # serving -> unavailable
     recoveries_total: dict[str, int] = field(default_factory=dict)  # unavailable -> serving
     refused_requests_total: dict[str, int] = field(default_factory=dict)  # 503 alias_unavailable answered
+    loads_total: dict[str, int] = field(default_factory=dict)  # per alias ("adapter": by request id)
+    swaps_total: dict[str, int] = field(default_factory=dict)  # alias pointed at another adapter
 
     def unavailable(self, serving: Serving) -> dict[str, int]:
         """Gauge: 1 for each alias this replica should serve and cannot, else 0."""
@@ -231,10 +233,13 @@ class Serving:
     def fingerprint_of(self, engine_adapter: str | None) -> str:
         return fingerprint(self.fingerprints.get(engine_adapter) if engine_adapter else None)
 
-    async def load(self, engine_id: str, path: str | Path, sha256: str) -> None:
-        """Load an adapter into the backend (no-op when already loaded); the backend checks the hash."""
+    async def load(self, engine_id: str, path: str | Path, sha256: str, *, alias: str | None = None) -> None:
+        """Load an adapter into the backend (no-op when already loaded); the backend checks the hash.
+
+        ``alias``: the alias it is loaded for (counted per alias; ``None``: a request's own adapter)."""
         if self.backend is None:
             return
+        fresh = not self.backend.is_loaded(engine_id)
         if str(path).startswith("s3://") or not await asyncio.to_thread(Path(path).is_dir):
             # Another host's copy: the object store has the same content under its hash.
             from service.artifacts.store import store_of
@@ -242,11 +247,16 @@ class Serving:
             path = await asyncio.to_thread(store_of(self.resources).adapter_dir, str(path))
         await self.backend.load_adapter(engine_id, path, sha256)
         self.fingerprints[engine_id] = sha256
+        if fresh:
+            _bump(self.metrics.loads_total, alias or "adapter")
 
     def flip(self, view: AliasView) -> None:
         """Point the backend's alias at the view's adapter (atomic there) and record the view."""
         if self.backend is not None:
             self.backend.set_alias(view.alias, view.engine_id)
+        before = self.views.get(view.alias)
+        if before is not None and before.engine_id != view.engine_id:
+            _bump(self.metrics.swaps_total, view.alias)
         self.views[view.alias] = view
         wanted = self.wanted.get(view.alias)
         if wanted is None or wanted.generation <= view.generation:
@@ -370,7 +380,7 @@ class Serving:
     async def _apply(self, view: AliasView) -> bool:
         if view.engine_id is not None and view.path is not None and view.sha256 is not None:
             try:
-                await self.load(view.engine_id, view.path, view.sha256)
+                await self.load(view.engine_id, view.path, view.sha256, alias=view.alias)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # fail closed: serve nothing for this alias, retry with back-off

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -51,6 +52,7 @@ from service.forget.schemas import (
 )
 from service.forget.views import BASE, to_out
 from service.forget.writer import IntakeWriter
+from service.observability import tracing
 
 SUBMIT = require_role(Role.SUBMITTER)
 REVIEW = require_role(Role.REVIEWER)
@@ -124,6 +126,7 @@ async def _create(
     settings = resources.settings
     store = _store(resources)
     in_flight = _in_flight(resources)
+    started_ns = time.time_ns()
     in_flight.enter(principal.tenant, key, body_hash)
     try:
         for _ in range(3):
@@ -149,6 +152,14 @@ async def _create(
                 store.purge(prepared.request_id, (INPUT,))
                 raise
             if created:
+                # The request's trace starts here (before the relay can dispatch its first job).
+                await tracing.intake_span(
+                    settings,
+                    resources.arq,
+                    prepared.request_id,
+                    started_ns,
+                    documents=prepared.row.document_count,
+                )
                 _kick_relay(resources)
                 return _created_response(body, 202, replayed=False)
             # Another process stored this key first: drop our copy of the corpus and answer as it says.

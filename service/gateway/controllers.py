@@ -38,6 +38,8 @@ from service.gateway.schemas import (
     parse_body,
     sampling_of,
 )
+from service.observability.gateway import Flight
+from service.observability.metrics import metrics_if_any
 from service.serving import errors as serving_errors
 from service.serving.backend import ServingBackend
 from service.serving.types import Prompt
@@ -270,14 +272,17 @@ async def _complete(
     except BaseException:
         await reservation.settle(0)
         raise
+    flight = Flight(metrics_if_any(resources), target.public, stream=bool(body.stream))
     if not body.stream:
         try:
             result, target = await _submit(resources, principal, backend, body, target, prompt, stream=False)
         except BaseException:
+            flight.finish("error")
             await reservation.settle(0)
             raise
         finally:
             flights.release(principal.tenant)
+        flight.finish("ok", int(result.usage.prompt_tokens), int(result.usage.completion_tokens))
         await reservation.settle(int(result.usage.prompt_tokens) + int(result.usage.completion_tokens))
         build = fmt.chat_completion if chat else fmt.text_completion
         return Response(
@@ -292,6 +297,7 @@ async def _complete(
     try:
         tokens, target = await _submit(resources, principal, backend, body, target, prompt, stream=True)
     except BaseException:
+        flight.finish("error")
         flights.release(principal.tenant)
         await reservation.settle(0)
         raise
@@ -303,16 +309,17 @@ async def _complete(
         want_logprobs=want_logprobs,
     )
     release = _Once(functools.partial(flights.release, principal.tenant))
-    events = _events(tokens, writer, reservation, prompt.size, release)
+    events = _events(tokens, writer, reservation, prompt.size, release, flight)
     # A stream whose body is never iterated (the client left before it started) runs no ``finally``:
     # when the generator is collected, stop its generation and give the tenant's in-flight slot back.
-    weakref.finalize(events, _abandon, tokens, release)
+    weakref.finalize(events, _abandon, tokens, release, flight)
     return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-def _abandon(tokens: Any, release: Callable[[], None]) -> None:
+def _abandon(tokens: Any, release: Callable[[], None], flight: Flight) -> None:
     tokens.cancel()
     release()
+    flight.finish("cancelled")
 
 
 class _Once:
@@ -333,8 +340,10 @@ async def _events(
     reservation: limits.TokenReservation,
     prompt_tokens: int,
     release: Callable[[], None],
+    flight: Flight,
 ) -> AsyncIterator[bytes]:
     generated = 0
+    outcome, usage = "cancelled", None
     try:
         first = writer.first()
         if first is not None:
@@ -342,6 +351,7 @@ async def _events(
         finish, usage = "stop", None
         async for event in tokens:
             generated += 1
+            flight.token()
             chunk = writer.token(event.text, event.logprob)
             if chunk is not None:
                 yield chunk
@@ -349,9 +359,11 @@ async def _events(
                 finish, usage = event.finish_reason, event.usage
         if usage is None and tokens.result is not None:
             finish, usage = tokens.result.finish_reason, tokens.result.usage
+        outcome = "ok"
         for chunk in writer.finish(finish, usage):
             yield chunk
     except Exception as exc:
+        outcome = "error"
         # Headers are gone; the error travels as an SSE event, which the openai client raises.
         logger.warning("stream failed: %s", type(exc).__name__)
         yield fmt.sse(
@@ -359,6 +371,10 @@ async def _events(
         )
     finally:
         release()
+        if usage is not None:
+            flight.finish(outcome, int(usage.prompt_tokens), int(usage.completion_tokens))
+        else:
+            flight.finish(outcome, prompt_tokens, generated)
         await tokens.aclose()
         await reservation.settle(prompt_tokens + generated)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from sqlalchemy import select, update
 
 from service.core.state import Resources
 from service.db.base import utcnow
 from service.db.engine import write_session
+from service.observability import tracing
 from service.orchestration.models import OutboxEntry
 
 logger = logging.getLogger("obliviate.relay")
@@ -26,7 +28,13 @@ async def dispatch_once(resources: Resources) -> int:
     async with resources.sessionmaker() as session:
         rows = (
             await session.execute(
-                select(OutboxEntry.id, OutboxEntry.job_name, OutboxEntry.job_id, OutboxEntry.args)
+                select(
+                    OutboxEntry.id,
+                    OutboxEntry.job_name,
+                    OutboxEntry.job_id,
+                    OutboxEntry.args,
+                    OutboxEntry.request_id,
+                )
                 .where(OutboxEntry.dispatched_at.is_(None))
                 .order_by(OutboxEntry.id)
                 .limit(BATCH)
@@ -39,7 +47,7 @@ async def dispatch_once(resources: Resources) -> int:
     failure: tuple[int, str] | None = None
     for row in rows:
         try:
-            await resources.arq.enqueue_job(row.job_name, *row.args, _job_id=row.job_id)
+            await _enqueue(resources, row)
         except Exception as exc:  # Redis away: keep the row, note why, try later
             failure = (row.id, f"{type(exc).__name__}: {exc}"[:500])
             logger.warning("outbox relay could not enqueue %s: %s", row.job_id, type(exc).__name__)
@@ -59,6 +67,14 @@ async def dispatch_once(resources: Resources) -> int:
                 )
             await session.commit()
     return len(done)
+
+
+async def _enqueue(resources: Resources, row: Any) -> None:
+    # A span per dispatch, in the request's trace when tracing is on (ids and the job name only).
+    async with tracing.request_span(
+        resources.settings, resources.arq, "obliviate.outbox.dispatch", row.request_id, job=row.job_name
+    ):
+        await resources.arq.enqueue_job(row.job_name, *row.args, _job_id=row.job_id)
 
 
 def _cancel_requested() -> bool:

@@ -145,6 +145,11 @@ class EmbeddedBackend:
     def health(self) -> dict[str, Any]:
         return {"kind": self.kind, "device": str(self.engine.device)}
 
+    def stats(self) -> dict[str, int]:
+        """Requests queued and in the running batch (all models), for /metrics."""
+        stats = self.engine.stats()
+        return {"waiting": int(stats.waiting), "running": int(stats.running)}
+
     async def close(self) -> None:
         # Give requests in flight a moment to finish; new ones are refused from now on.
         await asyncio.to_thread(self.engine.close, 2.0)
