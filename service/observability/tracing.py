@@ -30,10 +30,11 @@ _mode: str | None = None
 
 
 def set_provider(provider: Any) -> None:
-    """Use ``provider`` for every span of this process (tests pass an SDK provider with an in-memory exporter)."""
+    """Use ``provider`` for every span of this process whatever the mode (tests pass an SDK provider with
+    an in-memory exporter); ``None`` goes back to choosing by the setting."""
     global _provider, _mode
     with _lock:
-        _provider, _mode = provider, "explicit"
+        _provider, _mode = provider, ("explicit" if provider is not None else None)
 
 
 def _tracer(settings: Any) -> Any:
