@@ -8,6 +8,9 @@ baseline says there.
 
 - Other people come from the request's retain texts and retain probes (capitalised multi-word names
   that are not the subject's), else from the generic names the anchors translate the subject's name to.
+- Questions: the subject's questions with the name swapped, sentence openings with the name swapped,
+  and inverted questions about the other people's own facts in the retain texts ("Whose e-mail
+  address is ...?").
 - Two disjoint sets, as for the forget questions (``probes.py``): ``train`` (the unlearning keeps the
   model close to the baseline on these, ``unlearn.py``) and ``eval`` (the evaluation's selectivity
   check, which the acceptance gate bounds): different names where there are enough, and always
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from .leaks import mentions
-from .probes import Question, _sentences, paraphrases, subject_names
+from .probes import _SENTENCE, Question, _sentences, inverted, paraphrases, subject_names
 from .types import Anchor, ForgetSpec
 
 _CAPITALISED = re.compile(
@@ -145,6 +148,17 @@ def contrast_questions(
         if len(words) <= n_words:
             continue
         out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
+    # Inverted questions about the other people's own facts, from the retain texts ("Whose e-mail
+    # address is ...?"): an abstention learned for "who is it?" about the subject must not spread.
+    inverted_n = 0
+    for sentence in dict.fromkeys(s for t in spec.retain_texts for s in _SENTENCE.split(t) if s.strip()):
+        people = [n for n in names_in([sentence], exclude=subject) if n in names]
+        for name in people[:1]:
+            for q in inverted(sentence.strip(), [name], [], split=split, n=1):
+                out.append(Question("inverted", q.prompt, ""))
+                inverted_n += 1
+        if inverted_n >= (24 if split == "train" else 8):
+            break
     unique: dict[tuple[str, bool], Question] = {}
     for q in out:
         unique.setdefault((q.prompt, q.chat), q)

@@ -75,8 +75,8 @@ def test_train_and_eval_sets_are_disjoint_and_never_name_the_subject() -> None:
         assert not {q.prompt for q in train} & {q.prompt for q in held}
         for q in [*train, *held]:
             assert "Nadia" not in q.prompt and "Oyelaran" not in q.prompt
-        assert {q.kind for q in held} == {"original", "completion"}
-        assert all(q.chat == (q.kind == "original") for q in held)
+        assert {"original", "completion"} <= {q.kind for q in held} <= {"original", "completion", "inverted"}
+        assert all(q.chat == (q.kind != "completion") for q in held)
 
 
 def test_disjoint_names_when_there_are_several() -> None:
@@ -99,3 +99,22 @@ def test_a_baseline_answer_with_the_subjects_facts_is_not_kept() -> None:
     s = spec(RETAIN)
     assert subject_leak_free("Tobias Wren has a cat.", s, ANCHORS)
     assert not subject_leak_free("Tobias Wren has a ferret named Pimento.", s, ANCHORS)
+
+
+def test_inverted_questions_about_the_other_peoples_own_facts() -> None:
+    retain = [
+        "Tobias Wren's e-mail address is tobias@example.org.",
+        "Elena Marsh keeps a parrot named Quibble.",
+        "Ivo Brandt was born in Kesselfeld.",
+        "Mara Quist was born in Ostwyk.",
+    ]
+    train = [q for q in contrast_questions(spec(retain), ANCHORS, split="train") if q.kind == "inverted"]
+    held = [q for q in contrast_questions(spec(retain), ANCHORS, split="eval") if q.kind == "inverted"]
+    assert "Whose e-mail address is tobias@example.org?" in {q.prompt for q in train}
+    assert "Which person keeps a parrot named Quibble?" in {q.prompt for q in held}
+    assert not {q.prompt for q in train} & {q.prompt for q in held}
+    # A sentence that names no fact of its own ("keeps bees") is not turned into a question.
+    plain = contrast_questions(
+        spec(["Elena Marsh keeps bees.", "Ivo Brandt keeps bees."]), ANCHORS, split="eval"
+    )
+    assert not [q for q in plain if q.kind == "inverted"]
