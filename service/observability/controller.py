@@ -50,9 +50,9 @@ class MetricsController(Controller):
         self, request: Request[Any, Any, Any], resources: NamedDependency[Resources]
     ) -> Response[bytes]:
         await _check_access(request, resources)
-        metrics = get_metrics(resources)
-        await metrics.refresh()
-        body = generate_latest(REGISTRY) + generate_latest(metrics.registry)
+        body = await get_metrics(resources).render(
+            lambda registry: generate_latest(REGISTRY) + generate_latest(registry)
+        )
         return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
 

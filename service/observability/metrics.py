@@ -10,7 +10,8 @@ Two kinds live here, in one registry per app (tests run several apps in one proc
   hash, see :mod:`service.observability.stages`), the arq queue, worker liveness, and this replica's
   serving state per alias (served and desired version, unavailable, loads, swaps, load failures).
   The database and Redis part is two aggregate queries and three Redis commands, cached for
-  ``metrics_cache_s`` so a burst of scrapes (several Prometheus servers) costs one refresh.
+  ``metrics_cache_s`` (with the rendered text) so a burst of scrapes (several Prometheus servers)
+  costs one refresh.
 
 HTTP requests by route template and status come from Litestar's Prometheus middleware
 (``obliviate_http_*``, process-wide registry). Database-derived numbers are the same on every replica:
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -121,9 +122,22 @@ class Metrics:
         )
         self.snapshot = StateSnapshot()
         self._refresh_lock = asyncio.Lock()
+        self._rendered: tuple[float, bytes] | None = None
         r.register(_StateCollector(self))
 
     # -- scrape-time state ---------------------------------------------------------------------
+    async def render(self, exposition: Callable[[CollectorRegistry], bytes]) -> bytes:
+        """The exposition text, rendered at most once per ``metrics_cache_s`` (rendering ~130 samples
+        costs more than the cached database read; Prometheus scrapes every 15 s or so anyway)."""
+        ttl = float(self.resources.settings.metrics_cache_s)
+        cached = self._rendered
+        if cached is not None and time.monotonic() - cached[0] < ttl:
+            return cached[1]
+        await self.refresh()
+        body = exposition(self.registry)
+        self._rendered = (time.monotonic(), body)
+        return body
+
     async def refresh(self) -> StateSnapshot:
         """Re-read the database and Redis unless the last read is younger than ``metrics_cache_s``."""
         ttl = float(self.resources.settings.metrics_cache_s)
