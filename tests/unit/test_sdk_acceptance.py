@@ -77,3 +77,10 @@ def test_waiting_for_a_deploy_ends_when_the_gate_stopped_the_request() -> None:
     assert not wait_is_over(request("awaiting_evaluation_review", None), "deployed")
     assert not wait_is_over(request("ready", "passed"), "deployed")
     assert wait_is_over(request("deployed", "passed"), "deployed")
+
+
+def test_the_sdk_ships_its_type_annotations() -> None:
+    """PEP 561: type checkers read the SDK's inline annotations only with the py.typed marker."""
+    from importlib.resources import files
+
+    assert files("obliviate_client").joinpath("py.typed").is_file()
