@@ -19,6 +19,9 @@ def demo_dir(request: pytest.FixtureRequest) -> Path:
         return Path(build.build_demo_model())
 
 
+# The default objective on the demo model: 5-10 minutes on 2 shared CPU cores (the selectivity term
+# added two forward passes per step; measured 568 s at load average 7), over the suite's 600 s default.
+@pytest.mark.timeout(1200)
 def test_forget_one_person_keep_the_others(demo_dir: Path, tmp_path: Path) -> None:
     from gpu_runtime.demo.world import build_world
     from gpu_runtime.pipeline.run import run_pipeline
