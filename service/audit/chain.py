@@ -215,3 +215,22 @@ async def for_request(session: AsyncSession, request_id: str) -> list[AuditEvent
         select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq)
     )
     return list(rows.all())
+
+
+def links_intact(events: Sequence[AuditEvent]) -> bool:
+    """True when every event's stored hash matches its recomputed one (links only; ``verify``
+    also checks the chain's order and head)."""
+    return all(
+        event_hash(
+            seq=e.seq,
+            tenant=e.tenant,
+            request_id=e.request_id,
+            action=e.action,
+            actor=e.actor,
+            data=e.data,
+            created_at=e.created_at,
+            prev_hash=e.prev_hash,
+        )
+        == e.hash
+        for e in events
+    )

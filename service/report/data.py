@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit import certificate as certificates
 from service.audit import chain
-from service.audit.models import AuditEvent, AuditHead
+from service.audit.models import AuditHead
 from service.audit.signing import Signer
 from service.db.base import utcnow
 from service.forget.lifecycle import STAGE_WEIGHTS, Status
@@ -246,27 +246,8 @@ def stages(row: ForgetRequest) -> list[dict[str, Any]]:
 
 async def audit(session: AsyncSession, request_id: str) -> dict[str, Any]:
     """The request's links in the chain (recomputed) and the chain's head when the report was made."""
-    events = list(
-        (
-            await session.scalars(
-                select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq)
-            )
-        ).all()
-    )
-    ok = all(
-        chain.event_hash(
-            seq=e.seq,
-            tenant=e.tenant,
-            request_id=e.request_id,
-            action=e.action,
-            actor=e.actor,
-            data=e.data,
-            created_at=e.created_at,
-            prev_hash=e.prev_hash,
-        )
-        == e.hash
-        for e in events
-    )
+    events = await chain.for_request(session, request_id)
+    ok = chain.links_intact(events)
     head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).first()
     last = events[-1] if events else None
     return {
