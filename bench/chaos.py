@@ -59,7 +59,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import re
 import secrets
@@ -82,6 +81,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` and `service` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._provenance import write_result
 from service.forget.lifecycle import ACTIVE, STAGE_STATUS, TERMINAL, WAITING
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1162,22 +1162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(result)
     print(json.dumps({"summary": result["summary"], "targets_met": result["targets_met"]}, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "bench": "chaos",
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "targets": TARGETS,
-            **result,
-        }
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_result(args.json, "chaos", args, argv, targets=TARGETS, **result)
     return 0 if all(result["targets_met"].values()) else 1
 
 

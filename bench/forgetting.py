@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -50,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._people import FACT_TYPES, KINDS, DataSet, Question, generate, request_body
+from bench._provenance import write_result
 
 TARGETS = {"leak_rate": 0.02, "broken_rate": 0.05, "retain_ratio": 0.95}
 REPO = Path(__file__).resolve().parents[1]
@@ -738,24 +738,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg = aggregate(runs)
     print_report(runs, agg)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "bench": "forgetting",
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "targets": TARGETS,
-            "aggregate": agg,
-            "runs": runs,
-            "total_s": round(time.perf_counter() - started, 1),
-        }
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_result(
+            args.json,
+            "forgetting",
+            args,
+            argv,
+            targets=TARGETS,
+            aggregate=agg,
+            runs=runs,
+            total_s=round(time.perf_counter() - started, 1),
+        )
     return 0
 
 
