@@ -193,6 +193,13 @@ async def _deploy(
         async with resources.sessionmaker() as session, session.begin():
             alias_row = await _alias_row(session, alias)
             parent = await session.get(AdapterVersion, alias_row.version_id) if alias_row.version_id else None
+            if parent is not None and parent.request_id == request_id:
+                # Another replica deployed this request since it was read as ready (both replicas'
+                # auto-deploy passes pick up the same request): not a stale parent, just done.
+                raise Conflict(
+                    f"Request {request_id} is deployed (version {parent.version}), not ready to deploy",
+                    code="not_ready",
+                )
             await _check_parent(manifest, parent)
             number = (
                 await session.scalar(
@@ -213,7 +220,14 @@ async def _deploy(
                 created_at=utcnow(),
             )
             session.add(version)
-            await session.flush()
+            try:
+                await session.flush()
+            except IntegrityError:
+                # Another replica numbered its version alike and committed first (unique alias+version).
+                raise Conflict(
+                    f"Alias {alias!r} changed concurrently (another deploy or rollback); retry",
+                    code="concurrent_change",
+                ) from None
             generation = await _compare_and_set(session, alias, alias_row.generation, version.id)
             session.add(
                 AliasEvent(

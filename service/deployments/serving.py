@@ -505,8 +505,10 @@ class Serving:
                 await deploy(self.resources, rid, principal=None)
                 deployed += 1
             except ServiceError as exc:
-                if exc.status_code >= 500 or exc.status_code == 429:
-                    continue  # transient (adapter slots busy, ...): the next tick tries again
+                if exc.status_code >= 500 or exc.status_code == 429 or exc.code == "concurrent_change":
+                    # Transient (adapter slots busy, another replica's deploy or rollback won the race
+                    # for the alias, ...): the next tick tries again.
+                    continue
                 # Refused for a reason a retry will not fix (stale parent, hash mismatch): a human decides.
                 self.auto_refused.add(rid)
                 logger.warning("auto-deploy of %s refused: %s", rid, exc.code)
