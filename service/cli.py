@@ -157,8 +157,10 @@ def prepared_service(settings: Settings) -> Iterator[Settings]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _redis_for(settings) as redis_url:
         served = settings.model_copy(update={"redis_url": redis_url})
-        _migrate_sync(served)
-        # The app must not run migrations concurrently with workers; they ran just above.
+        if served.run_migrations:
+            _migrate_sync(served)
+        # The app must not run migrations concurrently with workers: they ran just above, or (off, as
+        # on API replicas) a migration job runs them before any replica starts.
         served = served.model_copy(update={"run_migrations": False})
         # Supervised: a worker that dies (out of memory, a crash) is started again, with back-off.
         supervisor = WorkerSupervisor(
