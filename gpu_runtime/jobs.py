@@ -18,6 +18,7 @@ can be tested with a fast test double; the default runs ``gpu_runtime.pipeline``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import shutil
 import threading
@@ -35,6 +36,7 @@ from gpu_runtime.worker import register_job, register_lifecycle
 from service import jobs
 from service.artifacts.store import ADAPTER, INPUT, SPEC_FILE, WORK, store_for
 from service.audit import chain
+from service.core import logs
 from service.db import create_engine
 from service.db.base import utcnow
 from service.deployments.models import AdapterVersion, ServedAlias
@@ -629,7 +631,9 @@ async def run_stage_job(ctx: dict[str, Any], request_id: str, stage: str, attemp
     bad_input, cancelled = _pipeline_error_types()
     loop = asyncio.get_running_loop()
     try:
-        output = await asyncio.wait_for(loop.run_in_executor(None, runner, inp), timeout=timeout)
+        # The stage thread runs in a copy of this context: its log lines carry the request id too.
+        in_context = contextvars.copy_context().run
+        output = await asyncio.wait_for(loop.run_in_executor(None, in_context, runner, inp), timeout=timeout)
         # Outputs stored (object store: uploaded, the adapter content-addressed) before the stage counts.
         output.adapter_path = await asyncio.to_thread(store.save_outputs, request_id, output.adapter_path)
     except TimeoutError:
@@ -691,25 +695,27 @@ def _make_job(stage: str) -> Callable[..., Any]:
         ctx: dict[str, Any], request_id: str, job_stage: str = stage, attempt: int = 1
     ) -> dict[str, Any]:
         # Metrics (durations and attempts, in Redis for every API replica's /metrics) and an optional
-        # span joined to the request's trace; both carry ids and stage names only.
+        # span joined to the request's trace; both carry ids and stage names only. Every line logged
+        # meanwhile (the stage thread's too) carries the request id.
         redis = ctx.get("redis")
-        async with (
-            tracing.request_span(
-                ctx["settings"],
-                redis,
-                f"obliviate.stage.{stage}",
-                request_id,
-                stage=stage,
-                attempt=int(attempt),
-                job_try=int(ctx.get("job_try", 1)),
-            ) as span,
-            stage_metrics.observe(redis, stage) as seen,
-        ):
-            result = await run_stage_job(ctx, request_id, stage, int(attempt))
-            outcome = str(result.get("outcome"))
-            seen.outcome = outcome if outcome in _NOT_DONE else "ok"
-            tracing.set_attributes(span, outcome=seen.outcome)
-            return result
+        with logs.request_context(request_id):
+            async with (
+                tracing.request_span(
+                    ctx["settings"],
+                    redis,
+                    f"obliviate.stage.{stage}",
+                    request_id,
+                    stage=stage,
+                    attempt=int(attempt),
+                    job_try=int(ctx.get("job_try", 1)),
+                ) as span,
+                stage_metrics.observe(redis, stage) as seen,
+            ):
+                result = await run_stage_job(ctx, request_id, stage, int(attempt))
+                outcome = str(result.get("outcome"))
+                seen.outcome = outcome if outcome in _NOT_DONE else "ok"
+                tracing.set_attributes(span, outcome=seen.outcome)
+                return result
 
     job.__name__ = f"{stage}_job"
     job.__qualname__ = job.__name__

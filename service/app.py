@@ -14,10 +14,13 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.types import Message, Scope
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from service import __version__
+from service import API_VERSION, API_VERSION_HEADER
+from service.core import logs
 from service.core.errors import EXCEPTION_HANDLERS
 from service.core.openapi import StructSchemas
 from service.core.openapi import components as openapi_components
@@ -76,6 +79,15 @@ def _template_config() -> Any:
     return template_config()
 
 
+_API_VERSION_HEADER = (API_VERSION_HEADER.lower().encode("latin-1"), API_VERSION.encode("latin-1"))
+
+
+async def _api_version_header(message: Message, scope: Scope) -> None:
+    """Every response says which API version it speaks (the SDK compares it with its own)."""
+    if message["type"] == "http.response.start":
+        message["headers"] = [*message.get("headers", ()), _API_VERSION_HEADER]
+
+
 def create_app(
     settings: Settings,
     *,
@@ -84,7 +96,8 @@ def create_app(
 ) -> Litestar:
     """Build the Obliviate API for ``settings``."""
     hooks = [*_domain_startup_hooks(), *startup_hooks]
-    middleware: list[Any] = []
+    # First: everything the request logs, metrics middleware included, carries the forget request id.
+    middleware: list[Any] = [logs.request_context_middleware]
     if settings.metrics_enabled:
         from service.observability.controller import http_metrics_middleware
 
@@ -127,11 +140,17 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
         template_config=_template_config(),
+        before_send=[_api_version_header],
+        # The root logger is the entry point's (service.core.logs.configure: text or JSON lines);
+        # Litestar's default would replace its handler with its own format.
+        logging_config=LoggingConfig(
+            configure_root_logger=False, loggers={"litestar": {"level": "INFO", "propagate": True}}
+        ),
         request_max_body_size=settings.max_body_bytes,
         # Body schemas as msgspec validates them (see service.core.openapi).
         plugins=[StructSchemas()],
         openapi_config=OpenAPIConfig(
-            title="Obliviate", version=__version__, path="/docs", components=openapi_components()
+            title="Obliviate", version=API_VERSION, path="/docs", components=openapi_components()
         ),
         debug=False,
     )
@@ -141,4 +160,6 @@ def asgi() -> Litestar:
     """ASGI factory for external servers: ``uvicorn --factory service.app:asgi``."""
     from service.settings import get_settings
 
-    return create_app(get_settings())
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings)

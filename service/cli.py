@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
-import os
 import signal
 import subprocess
 import sys
@@ -75,9 +73,12 @@ def main() -> None:
     Quick start: `obliviate demo` builds the demo model, starts everything on embedded defaults
     (SQLite, an embedded Redis, one worker) and walks through a forget request.
     """
-    logging.basicConfig(
-        level=os.environ.get("OBLIVIATE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-    )
+    from service.core import logs
+
+    try:
+        logs.configure_from_env()  # OBLIVIATE_LOG_LEVEL, OBLIVIATE_LOG_FORMAT (text or json)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
@@ -192,7 +193,10 @@ def run_server(
             create_app(served),
             host=served.host,
             port=served.port,
-            log_level="info",
+            log_level=served.log_level.lower(),
+            # uvicorn's records go through the root handler (text or JSON lines, request ids) rather
+            # than through a logging set-up of its own.
+            log_config=None,
             # Open event streams must not hold a stopping server up for good.
             timeout_graceful_shutdown=served.shutdown_grace_s,
         )

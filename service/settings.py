@@ -253,6 +253,13 @@ class Settings(BaseSettings):
     review_anchor_max_passages: int = Field(
         default=12, ge=1, description="Passages shown in an anchor review task."
     )
+    review_anchor_task_size: int = Field(
+        default=40,
+        ge=1,
+        le=500,
+        description="Most anchors in one anchor review task: a longer dictionary (a long corpus) is split "
+        "into several tasks, each with the passages where its anchors occur; the gate resolves when all are.",
+    )
     review_min_control_accuracy: float = Field(
         default=0.0,
         ge=0,
@@ -283,12 +290,37 @@ class Settings(BaseSettings):
         ge=0,
         description="Database- and Redis-derived gauges are recomputed at most this often (0: every scrape).",
     )
+    log_level: str = Field(
+        default="INFO",
+        description="Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case). Migration "
+        "chatter (alembic's INFO lines) shows only at DEBUG.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text`: `LEVEL logger: message` lines. `json`: one JSON object per line (ts, level, logger, "
+        "message, request_id, pid), with the forget request id on every line logged while an HTTP request "
+        "about it or one of its stage jobs runs.",
+    )
     tracing: Literal["off", "global", "console", "otlp"] = Field(
         default="off",
         description="OpenTelemetry spans (needs the `otel` extra): `global` uses the process's tracer "
         "provider (set by `opentelemetry-instrument` or the embedding application), `console` prints spans, "
         "`otlp` exports with OTLP/HTTP to the standard OTEL_EXPORTER_OTLP_* endpoint. Off: no spans.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        from service.core.logs import check_level
+
+        return check_level(value) if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        from service.core.logs import check_format
+
+        return check_format(value) if isinstance(value, str) else value
 
     @field_validator("upstream_urls", mode="before")
     @classmethod

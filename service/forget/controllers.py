@@ -31,6 +31,7 @@ from service.audit import certificate as certificates
 from service.audit import chain
 from service.audit.signing import Signer
 from service.auth.dependencies import AUTH_DEPENDENCIES, Principal, Role, require_role
+from service.core import logs
 from service.core.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
 from service.core.openapi import AUTH, NO_NUL, PLAIN, SECURITY, allow, errors, operation
 from service.core.state import Resources
@@ -131,6 +132,7 @@ async def _create(
     try:
         for _ in range(3):
             prepared = intake.prepare(checked, principal=principal, settings=settings)
+            logs.bind_request_id(prepared.request_id)  # what intake logs from here on carries the id
             body: dict[str, Any] = msgspec.to_builtins(to_out(prepared.row, due_soon_s=settings.due_soon_s))
             # The corpus is stored before its row exists: a crash in between leaves an orphan
             # folder, never a request without its corpus.

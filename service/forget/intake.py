@@ -173,6 +173,8 @@ def prepare(intake: Intake, *, principal: Principal, settings: Settings) -> Prep
     }
     if body.options.alpha is not None:
         options["alpha"] = body.options.alpha
+    if body.options.review_overlap is not None:
+        options["review_overlap"] = body.options.review_overlap  # the review gates read it (open_gate)
     meta = {"data_subject_ref": body.data_subject_ref, "legal_basis": body.legal_basis}
     values: dict[str, Any] = dict(
         id=request_id,

@@ -81,6 +81,9 @@ class Options(Struct, forbid_unknown_fields=True):
     # Bounded: a purge time is computed from it (1e15 s overflowed a datetime and stalled the reconciler).
     retention_s: Annotated[float, Meta(ge=0, le=MAX_RETENTION_S)] | None = None
     acceptance: Acceptance | None = None
+    #: Reviewers per review task of this request (majority decides); unset: the server's default
+    #: (``OBLIVIATE_REVIEW_OVERLAP``). Bounded like that setting.
+    review_overlap: Annotated[int, Meta(ge=1, le=9)] | None = None
 
 
 class CreateForgetRequest(Struct, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
+from service import API_VERSION
 from service.core.openapi import PLAIN
 from service.core.state import Resources
 from service.db import ping as db_ping
@@ -57,9 +58,14 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/live", summary="The process is up")
+    @get(
+        "/live",
+        summary="The process is up",
+        description="Also states the HTTP API version this server speaks (`api_version`; the "
+        "`Obliviate-API-Version` header of every response says the same).",
+    )
     async def live(self) -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "api_version": API_VERSION}
 
     @get(
         "/ready",

@@ -2,7 +2,8 @@
 
 Runs in a worker thread (file reads only: what needs the tokenizer the worker rendered). What each gate reads:
 
-    anchor_review      work/anchors.json + input/spec.json  → one task: passages + proposed dictionary
+    anchor_review      work/anchors.json + input/spec.json  → one task per part of the proposed dictionary
+                                                           (with the passages where its anchors occur)
     target_review      work/targets/review.json             → one task per low-confidence block
     evaluation_review  work/evaluate/report.json            → one task per forget probe
 
@@ -65,6 +66,10 @@ def _passages(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def anchor_items(store: ArtifactStore, request_id: str, settings: Settings) -> list[dict[str, Any]]:
+    """The anchor review's tasks: the proposed dictionary in parts of at most
+    ``review_anchor_task_size`` anchors (one task for most requests; several for a long corpus,
+    which reviewers answer in parallel), each with the passages where its own anchors occur most.
+    The gate resolves when every part is decided (``services._anchor_verdict`` merges them)."""
     work = store.local_dir(request_id, WORK)
     dictionary = _read_json(work / ANCHORS_FILE)
     spec = store.get_json(request_id, INPUT, SPEC_FILE)
@@ -78,25 +83,34 @@ def anchor_items(store: ArtifactStore, request_id: str, settings: Settings) -> l
         }
         for a in dictionary.get("anchors", [])
     ]
-    terms = [a["term"] for a in anchors]
     passages = _passages(spec)
-    # The passages with the most proposed anchors first, shown in corpus order.
-    ranked = sorted(range(len(passages)), key=lambda i: -len(spans(passages[i]["text"], terms)))
-    chosen = sorted(ranked[: settings.review_anchor_max_passages])
-    shown = []
-    for i in chosen:
-        text = passages[i]["text"]
-        truncated = len(text) > MAX_PASSAGE_CHARS
-        shown.append(
-            {"label": passages[i]["label"], "text": text[:MAX_PASSAGE_CHARS], "truncated": truncated}
+    size = settings.review_anchor_task_size
+    parts = [anchors[i : i + size] for i in range(0, len(anchors), size)] or [[]]
+    items = []
+    for number, part in enumerate(parts, start=1):
+        terms = [a["term"] for a in part]
+        # The passages with the most of this part's anchors first, shown in corpus order.
+        ranked = sorted(range(len(passages)), key=lambda i: -len(spans(passages[i]["text"], terms)))
+        chosen = sorted(ranked[: settings.review_anchor_max_passages])
+        shown = []
+        for i in chosen:
+            text = passages[i]["text"]
+            truncated = len(text) > MAX_PASSAGE_CHARS
+            shown.append(
+                {"label": passages[i]["label"], "text": text[:MAX_PASSAGE_CHARS], "truncated": truncated}
+            )
+        items.append(
+            {
+                "anchors": part,
+                "passages": shown,
+                "total_passages": len(passages),
+                "llm_errors": len(dictionary.get("llm_errors", [])),
+                "part": number,
+                "parts": len(parts),
+                "total_anchors": len(anchors),
+            }
         )
-    payload = {
-        "anchors": anchors,
-        "passages": shown,
-        "total_passages": len(passages),
-        "llm_errors": len(dictionary.get("llm_errors", [])),
-    }
-    return [payload]
+    return items
 
 
 def target_items(

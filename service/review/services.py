@@ -714,10 +714,38 @@ def _agreement(tasks: list[ReviewTask]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def merge_anchor_parts(tasks: list[ReviewTask]) -> dict[str, Any]:
+    """One reviewed dictionary from the anchor tasks' resolutions (one task per part of it).
+
+    A proposed term is decided by the task that showed it (a reviewer of another part who "adds" it
+    again does not override that); a term no part proposed is kept once, as the first task added it.
+    """
+    owner: dict[str, int] = {}
+    for index, task in enumerate(tasks):
+        for anchor in task.payload.get("anchors", []):
+            owner.setdefault(str(anchor.get("term")), index)
+    anchors: list[dict[str, Any]] = []
+    kept: set[str] = set()
+    removed: set[str] = set()
+    edited: set[str] = set()
+    for index, task in enumerate(tasks):
+        resolution = task.resolution or {}
+        for anchor in resolution.get("anchors", []):
+            term = anchor["term"]
+            if owner.get(term, index) != index or term in kept:
+                continue
+            kept.add(term)
+            anchors.append(anchor)
+        removed |= {t for t in resolution.get("removed", []) if owner.get(t) == index}
+        edited |= {t for t in resolution.get("edited", []) if owner.get(t) == index}
+    added = sorted(term for term in kept if term not in owner)
+    return {"anchors": anchors, "removed": sorted(removed), "added": added, "edited": sorted(edited)}
+
+
 async def _anchor_verdict(tasks: list[ReviewTask], store: ArtifactStore, request_id: str) -> Verdict:
     if not tasks:
         return Verdict(True, "no anchors to review", {})
-    resolution = tasks[-1].resolution or {}
+    resolution = merge_anchor_parts(tasks)
     if not resolution.get("anchors"):
         return Verdict(False, "reviewers removed every anchor: nothing left to forget", {"anchors": 0})
     await asyncio.to_thread(materials.write_anchors, store, request_id, resolution)
@@ -726,6 +754,7 @@ async def _anchor_verdict(tasks: list[ReviewTask], store: ArtifactStore, request
         "removed": len(resolution.get("removed", [])),
         "added": len(resolution.get("added", [])),
         "edited": len(resolution.get("edited", [])),
+        "parts": len(tasks),
     }
     reason = (
         f"anchor dictionary reviewed: {summary['anchors']} kept, {summary['added']} added, "

@@ -11,12 +11,16 @@ For chat, point the official ``openai`` client at the gateway (``base_url=.../v1
 not wrap it.
 """
 
+#: Equals the API version of the server this SDK speaks (``service.API_VERSION``: the server states
+#: it in ``GET /health/live`` and the ``Obliviate-API-Version`` header). A client warns once
+#: (:class:`APIVersionWarning`) when a server speaks another; ``Client.server_version()`` asks.
 __version__ = "0.1.0"
 
 from obliviate_client._client import AsyncClient, Client
 from obliviate_client._exceptions import (
     APIError,
     APITimeoutError,
+    APIVersionWarning,
     AuthenticationError,
     BadRequestError,
     ConflictError,
@@ -46,11 +50,13 @@ from obliviate_client._models import (
     Probe,
     QAPair,
     RequestEvent,
+    ServerVersion,
 )
 
 __all__ = [
     "APIError",
     "APITimeoutError",
+    "APIVersionWarning",
     "Acceptance",
     "AcceptanceOverride",
     "AcceptanceStatement",
@@ -77,6 +83,7 @@ __all__ = [
     "RateLimitedError",
     "RequestEvent",
     "ServerError",
+    "ServerVersion",
     "SignatureError",
     "TransportError",
     "UnprocessableEntityError",

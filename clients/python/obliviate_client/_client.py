@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
+from obliviate_client import __version__
 from obliviate_client import _resources as r
-from obliviate_client._exceptions import ObliviateError, TransportError
+from obliviate_client._exceptions import APIVersionWarning, ObliviateError, TransportError
 from obliviate_client._models import (
     AuditTrail,
     Certificate,
@@ -31,12 +33,15 @@ from obliviate_client._models import (
     PublicKey,
     QAPair,
     RequestEvent,
+    ServerVersion,
 )
-from obliviate_client._sse import aiter_events, iter_events
+from obliviate_client._progress import progress_view
 from obliviate_client._transport import (
+    API_VERSION_HEADER,
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
     RetryPolicy,
+    compatible,
     default_headers,
     raise_for_status,
     retry_or_raise,
@@ -45,33 +50,40 @@ from obliviate_client._transport import (
 CorpusItems = Sequence[str | Document | Mapping[str, Any]]
 
 
-class _ProgressLine:
-    """A one-line text progress bar on a terminal stream (no dependency beyond the stdlib)."""
-
-    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
-        self.stream = stream or sys.stderr
-        self.width = width
-
-    def update(self, request: ForgetRequest) -> None:
-        fraction = max(0.0, min(1.0, request.progress.overall))
-        filled = int(fraction * self.width)
-        eta = request.progress.eta_s
-        eta_text = f" ETA {eta:,.0f}s" if eta is not None else ""
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% {request.status:<28}{eta_text}   "
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 class _Base:
     def __init__(self, base_url: str | None, api_key: str | None, max_retries: int) -> None:
         self.base_url = (base_url or os.environ.get("OBLIVIATE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OBLIVIATE_API_KEY")
         self.retry = RetryPolicy(max_retries=max_retries)
+        #: The API version the server stated in its last answer (None until it answered).
+        self.server_api_version: str | None = None
+        self._version_warned = False
+
+    def _note_version(self, response: httpx.Response) -> None:
+        """Remember the server's API version; warn once per client when this SDK does not speak it."""
+        version = response.headers.get(API_VERSION_HEADER)
+        if not version:
+            return
+        self.server_api_version = version
+        if not self._version_warned and not compatible(version):
+            self._version_warned = True
+            warnings.warn(
+                f"the Obliviate server speaks API version {version}, but obliviate-client {__version__} "
+                f"speaks {__version__}: install obliviate-client {version} to match it",
+                APIVersionWarning,
+                stacklevel=4,
+            )
+
+    def _server_version(self, response: httpx.Response) -> ServerVersion:
+        self._note_version(response)
+        body = response.json() if response.content else {}
+        version = body.get("api_version") if isinstance(body, dict) else None
+        version = str(version) if version else self.server_api_version
+        return ServerVersion(
+            api_version=version,
+            client_version=__version__,
+            compatible=version is not None and compatible(version),
+        )
 
     def _url(self, path: str, injected: bool, explicit_base: bool) -> str:
         # An injected client without an explicit base_url keeps its own base (e.g. a test client).
@@ -124,6 +136,7 @@ class Client(_Base):
                 response = self._http.request(
                     call.method, url, json=call.json, params=call.params, headers=headers
                 )
+                self._note_version(response)
                 outcome: httpx.Response | httpx.TransportError = response
             except httpx.TransportError as exc:
                 outcome = exc
@@ -135,6 +148,10 @@ class Client(_Base):
 
     def json(self, call: r.Call) -> Any:
         return self.send(call).json()
+
+    def server_version(self) -> ServerVersion:
+        """The API version the server speaks (``GET /health/live``) and whether this SDK speaks it."""
+        return self._server_version(self.send(r.Call("GET", r.LIVE)))
 
 
 class AsyncClient(_Base):
@@ -183,6 +200,7 @@ class AsyncClient(_Base):
                 response = await self._http.request(
                     call.method, url, json=call.json, params=call.params, headers=headers
                 )
+                self._note_version(response)
                 outcome: httpx.Response | httpx.TransportError = response
             except httpx.TransportError as exc:
                 outcome = exc
@@ -194,6 +212,10 @@ class AsyncClient(_Base):
 
     async def json(self, call: r.Call) -> Any:
         return (await self.send(call)).json()
+
+    async def server_version(self) -> ServerVersion:
+        """The API version the server speaks (``GET /health/live``) and whether this SDK speaks it."""
+        return self._server_version(await self.send(r.Call("GET", r.LIVE)))
 
 
 # ---- forget requests ----------------------------------------------------------------------------
@@ -327,12 +349,15 @@ class ForgetRequests:
                 with self._client._http.stream(
                     "GET", url, headers=headers, params={"follow": str(follow).lower()}
                 ) as response:
+                    self._client._note_version(response)
                     if response.status_code >= 400:
                         response.read()
                         raise_for_status(response)
                     ended = False
-                    for sse in iter_events(response.iter_lines()):
+                    for sse in EventSource(response).iter_sse():
                         event = r.parse_event(sse)
+                        if event is None:
+                            continue  # the opening comment and retry delay, keep-alives
                         if event.type == "stream_end":
                             ended = True  # the server ended the stream early (lifetime, shutdown)
                             break
@@ -342,6 +367,10 @@ class ForgetRequests:
                 if ended:
                     continue  # resume after the last event (a revoked key now answers 401)
                 return  # the server closed the stream: the request settled (or follow=False)
+            except SSEError as exc:  # not an event stream (a proxy's page): reconnecting will not help
+                raise ObliviateError(
+                    f"the events endpoint did not answer with an event stream: {exc}"
+                ) from exc
             except (httpx.TransportError, httpx.StreamError) as exc:
                 reconnects += 1
                 if reconnects > max_reconnects:
@@ -358,9 +387,10 @@ class ForgetRequests:
         progress: bool | TextIO = False,
     ) -> ForgetRequest:
         """Block until the request settles (``until="settled"``), reaches a review gate (``"gate"``)
-        or is deployed (``"deployed"``); ``progress=True`` draws a progress bar on stderr."""
+        or is deployed (``"deployed"``). ``progress=True`` (stderr) or a stream: a live bar on a
+        terminal, one line per status change anywhere else (a log, a pipe)."""
         r.check_wait_until(until)
-        bar = _ProgressLine(None if progress is True else progress) if progress else None
+        bar = progress_view(progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -503,12 +533,15 @@ class AsyncForgetRequests:
                 async with self._client._http.stream(
                     "GET", url, headers=headers, params={"follow": str(follow).lower()}
                 ) as response:
+                    self._client._note_version(response)
                     if response.status_code >= 400:
                         await response.aread()
                         raise_for_status(response)
                     ended = False
-                    async for sse in aiter_events(response.aiter_lines()):
+                    async for sse in EventSource(response).aiter_sse():
                         event = r.parse_event(sse)
+                        if event is None:
+                            continue  # the opening comment and retry delay, keep-alives
                         if event.type == "stream_end":
                             ended = True  # the server ended the stream early (lifetime, shutdown)
                             break
@@ -518,6 +551,10 @@ class AsyncForgetRequests:
                 if ended:
                     continue  # resume after the last event (a revoked key now answers 401)
                 return
+            except SSEError as exc:  # not an event stream (a proxy's page): reconnecting will not help
+                raise ObliviateError(
+                    f"the events endpoint did not answer with an event stream: {exc}"
+                ) from exc
             except (httpx.TransportError, httpx.StreamError) as exc:
                 reconnects += 1
                 if reconnects > max_reconnects:
@@ -535,7 +572,7 @@ class AsyncForgetRequests:
     ) -> ForgetRequest:
         """Like :meth:`ForgetRequests.wait`, without blocking the event loop."""
         r.check_wait_until(until)
-        bar = _ProgressLine(None if progress is True else progress) if progress else None
+        bar = progress_view(progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:

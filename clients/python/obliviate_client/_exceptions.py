@@ -167,3 +167,7 @@ def error_from_response(response: httpx.Response) -> APIError:
         response=response,
         body=body,
     )
+
+
+class APIVersionWarning(UserWarning):
+    """The server speaks another API version than this SDK (warned once per client)."""

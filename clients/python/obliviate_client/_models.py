@@ -60,6 +60,8 @@ class Options(_Model):
     target_alias: str = "chat"
     retention_s: float | None = None
     acceptance: Acceptance | None = None
+    #: Reviewers per review task (1-9; None: the server's default).
+    review_overlap: int | None = None
 
 
 # ---- outputs ------------------------------------------------------------------------------------
@@ -226,6 +228,14 @@ class PublicKey(_Model):
     algorithm: str
     key_id: str
     public_key: str
+
+
+class ServerVersion(_Model):
+    """The API version a server speaks and whether this SDK speaks it (``Client.server_version()``)."""
+
+    api_version: str | None
+    client_version: str
+    compatible: bool
 
 
 class Deployment(_Model):

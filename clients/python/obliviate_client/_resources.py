@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from httpx_sse import ServerSentEvent
+
 from obliviate_client import _ed25519
 from obliviate_client._exceptions import SignatureError
 from obliviate_client._models import (
@@ -31,10 +33,10 @@ from obliviate_client._models import (
     QAPair,
     RequestEvent,
 )
-from obliviate_client._sse import ServerSentEvent
 
 FORGET = "/v1/forget-requests"
 PUBLIC_KEY = "/v1/certificates/public-key"
+LIVE = "/health/live"
 
 
 @dataclass
@@ -160,14 +162,18 @@ def verification_call(
     return Call("POST", "/v1/verifications", json=body)
 
 
-def parse_event(sse: ServerSentEvent) -> RequestEvent:
+def parse_event(sse: ServerSentEvent) -> RequestEvent | None:
+    """The request event an SSE message carries; None for one without data (the stream's opening
+    comment with its retry delay, keep-alives), which the WHATWG parser still reports."""
+    if not sse.data and sse.event == "message":
+        return None
     try:
         payload = json.loads(sse.data) if sse.data else {}
     except ValueError:
         payload = {"raw": sse.data}
     if not isinstance(payload, dict):
         payload = {"value": payload}
-    return RequestEvent(id=sse.id, type=str(payload.get("type") or sse.event), data=payload)
+    return RequestEvent(id=sse.id or None, type=str(payload.get("type") or sse.event), data=payload)
 
 
 def wait_is_over(request: ForgetRequest, until: str) -> bool:

@@ -32,6 +32,20 @@ class RetryPolicy:
         return delay
 
 
+#: The header in which the server states the API version it speaks (``service.API_VERSION``).
+API_VERSION_HEADER = "Obliviate-API-Version"
+
+
+def compatible(server_version: str, client_version: str = __version__) -> bool:
+    """Whether an SDK of ``client_version`` speaks the API of ``server_version``: the same major and
+    minor version (before 1.0 a minor version may break the API, as semantic versioning allows)."""
+
+    def major_minor(version: str) -> tuple[str, ...]:
+        return tuple(version.strip().split(".")[:2])
+
+    return major_minor(server_version) == major_minor(client_version)
+
+
 def default_headers(api_key: str | None) -> dict[str, str]:
     headers = {"User-Agent": f"obliviate-client/{__version__}", "Accept": "application/json"}
     if api_key:
@@ -103,10 +117,12 @@ def json_or_none(response: httpx.Response) -> Any:
 
 
 __all__ = [
+    "API_VERSION_HEADER",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
     "APIError",
     "RetryPolicy",
+    "compatible",
     "default_headers",
     "json_or_none",
     "raise_for_status",
