@@ -25,11 +25,52 @@ log = logging.getLogger(__name__)
 
 StageFn = Callable[..., StageResult]
 
+
+def unlearn_reviewed(
+    base_model_dir: Path | str,
+    spec: ForgetSpec,
+    work_dir: Path | str,
+    *,
+    deployed_adapter: Path | str | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> StageResult:
+    """``unlearn``, after regenerating the blocks a target reviewer fixed (``target_fixes.py``).
+
+    The target review sits between generate_targets and unlearn, so its fixes are applied here:
+    ``generate_targets`` recomputes those blocks only (and skips when there are none or they are done).
+    """
+    from .target_fixes import read_review
+
+    if read_review(work_dir).get("replacements"):
+
+        def regenerating(_stage: str, _fraction: float, message: str) -> None:
+            if progress is not None:
+                progress("unlearn", 0.0, f"reviewed targets: {message}")
+
+        generate_targets(
+            base_model_dir,
+            spec,
+            work_dir,
+            deployed_adapter=deployed_adapter,
+            progress=regenerating,
+            should_cancel=should_cancel,
+        )
+    return unlearn(
+        base_model_dir,
+        spec,
+        work_dir,
+        deployed_adapter=deployed_adapter,
+        progress=progress,
+        should_cancel=should_cancel,
+    )
+
+
 STAGE_FUNCTIONS: dict[str, StageFn] = {
     "reinforce": reinforce,
     "mine_anchors": mine_anchors,
     "generate_targets": generate_targets,
-    "unlearn": unlearn,
+    "unlearn": unlearn_reviewed,
     "evaluate": evaluate,
 }
 

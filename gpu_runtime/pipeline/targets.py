@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result, stage_output
+from .artifacts import Reporter, atomic_dir, hash_json, is_done, read_marker, skipped_result, stage_output
 from .translate import TranslatedBlock, label_rules
 from .types import CancelFn, ForgetSpec, ProgressFn, StageResult
 
@@ -280,6 +280,7 @@ def generate_targets(
     from .models import attach_adapter, load_baseline, load_tokenizer
     from .reinforce import reinforce_output
     from .review import target_review_items, write_target_review
+    from .target_fixes import fixed_block, record_applied, reviewer_fixes
     from .translate import corpus_label_spans, corpus_texts, translate_corpus
 
     rep = Reporter(STAGE, progress, should_cancel)
@@ -287,7 +288,10 @@ def generate_targets(
     out = work / DIR
     adapter_dir, reinforce_hash = reinforce_output(work)
     anchors = load_anchors(work)
-    input_hash = targets_input_hash(spec, reinforce_hash, anchors)
+    base_hash = targets_input_hash(spec, reinforce_hash, anchors)
+    # A target reviewer's fixed texts (target_fixes.py) change the targets of their blocks only.
+    fixes = reviewer_fixes(work, base_hash)
+    input_hash = hash_json({"targets": base_hash, "fixes": sorted(fixes.items())}) if fixes else base_hash
     if is_done(out, input_hash):
         rep(1.0, "targets already generated")
         return skipped_result(STAGE, out, input_hash)
@@ -303,14 +307,35 @@ def generate_targets(
         label_spans=corpus_label_spans(spec, tokenizer),
     )
     rep(0.1, f"{len(blocks)} block(s) translated")
+    fixes = {index: text for index, text in fixes.items() if index < len(blocks)}
     model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), adapter_dir)
-    targets = compute_targets(
-        model, blocks, alpha=o.alpha, batch_size=o.batch_size, pad_id=tokenizer.pad_token_id, reporter=rep
-    )
+    previous = read_marker(out) or {}
+    if fixes and base_hash in (previous.get("input_hash"), (previous.get("summary") or {}).get("base_hash")):
+        targets = load_targets(out / "targets.safetensors")  # only the fixed blocks change
+    else:
+        targets = compute_targets(
+            model, blocks, alpha=o.alpha, batch_size=o.batch_size, pad_id=tokenizer.pad_token_id, reporter=rep
+        )
+    if fixes:
+        for index, text in fixes.items():
+            blocks[index] = fixed_block(tokenizer, blocks[index], text)
+        regenerated = compute_targets(
+            model,
+            [blocks[i] for i in fixes],
+            alpha=o.alpha,
+            batch_size=o.batch_size,
+            pad_id=tokenizer.pad_token_id,
+        )
+        for index, target in zip(fixes, regenerated, strict=True):
+            targets[index] = target
+        rep(0.95, f"{len(fixes)} block(s) regenerated from reviewers' fixes")
     stats = [block_stats(t, o.confidence_threshold, o.min_confidence_threshold) for t in targets]
     for s, b in zip(stats, blocks, strict=True):
         s["masked_repeats"] = len(b.masked)
         s["translation_index"] = b.translation_index
+        if s["index"] in fixes:
+            s["fixed"] = True  # a person wrote this block's generic text: not flagged again
+            s["flagged"] = False
     flagged = [s["index"] for s in stats if s["flagged"]]
     labelled = sum(s["labelled"] for s in stats)
     mean_conf = sum(s["mean_confidence"] * s["labelled"] for s in stats) / max(1, labelled)
@@ -324,12 +349,16 @@ def generate_targets(
         "mean_confidence": round(mean_conf, 6),
         "flagged_blocks": flagged,
     }
+    if fixes:
+        summary.update(base_hash=base_hash, fixed_blocks=sorted(fixes))
     with atomic_dir(out, input_hash, summary) as tmp:
         save_targets(tmp / "targets.safetensors", targets)
         (tmp / "blocks.json").write_text(json.dumps({"blocks": stats, "flagged": flagged}, indent=2))
         # Decoded here, where the tokenizer is: API replicas only read it (review.py).
         items = target_review_items(tokenizer, blocks, targets, stats, flagged, o.confidence_threshold)
         write_target_review(tmp, items)
+    if fixes:
+        record_applied(work, list(fixes))
     log.info("targets: %d block(s), %d label(s), %d flagged", len(targets), labelled, len(flagged))
     rep(1.0, f"{len(flagged)} block(s) flagged for review")
     return StageResult(stage=STAGE, artifact=str(out), input_hash=input_hash, skipped=False, summary=summary)

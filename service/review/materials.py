@@ -267,7 +267,18 @@ def write_target_review(
     excluded: list[int],
     replacements: dict[int, str],
 ) -> None:
-    """``target_review.json``: the unlearn stage leaves ``excluded_blocks`` out of training."""
+    """``target_review.json``: the unlearn stage leaves ``excluded_blocks`` out of training.
+
+    A fixed block is excluded too until the worker has regenerated its targets from the
+    ``replacements`` (``gpu_runtime/pipeline/target_fixes.py``, before unlearning), which it does only
+    for the targets this review was made on (``targets_hash``, from the targets' stage marker)."""
+    work = store.local_dir(request_id, WORK)
+    try:
+        marker = json.loads((work / "targets" / "stage.json").read_text(encoding="utf-8"))
+        targets_hash = marker.get("input_hash") if isinstance(marker, dict) else None
+    except (FileNotFoundError, ValueError):
+        targets_hash = None
+    fixed = set(replacements)
     store.put_json(
         request_id,
         WORK,
@@ -275,7 +286,9 @@ def write_target_review(
         {
             "reviewed_blocks": sorted(reviewed),
             "excluded_blocks": sorted(excluded),
+            "rejected_blocks": sorted(b for b in excluded if b not in fixed),
             "replacements": {str(k): v for k, v in sorted(replacements.items())},
+            "targets_hash": targets_hash,
         },
     )
 

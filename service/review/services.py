@@ -781,16 +781,17 @@ async def _target_verdict(tasks: list[ReviewTask], store: ArtifactStore, request
     total = max((int(t.payload.get("total_blocks", 0)) for t in tasks), default=0)
     summary = {
         "reviewed": len(reviewed),
-        "dropped": len(excluded),
+        "dropped": len(excluded) - len(replacements),
         "fixed": len(replacements),
         "total_blocks": total,
     }
-    if total and len(excluded) >= total:
+    if total and len(excluded) - len(replacements) >= total:
         return Verdict(False, "reviewers rejected every block: no generic targets left to train on", summary)
+    rejected = len(excluded) - len(replacements)
     return Verdict(
         True,
-        f"target blocks reviewed: {len(reviewed) - len(excluded)} kept, {len(excluded)} dropped"
-        + (f" ({len(replacements)} with a fix)" if replacements else ""),
+        f"target blocks reviewed: {len(reviewed) - len(excluded)} kept, {rejected} dropped"
+        + (f", {len(replacements)} fixed (their targets are regenerated from the fix)" if replacements else ""),
         summary,
     )
 

@@ -130,3 +130,40 @@ async def test_a_long_dictionary_is_reviewed_in_parts_and_merged(settings: Setti
         # The reviewed dictionary is what the corpus supports (occurrences recomputed from it).
         spec = store_for(settings).get_json(rid, INPUT, SPEC_FILE)
         assert by_term["Alder Marsh"]["occurrences"] == [[0, 0, len("Alder Marsh")]] and spec["documents"]
+
+
+async def test_a_fixed_block_is_handed_to_the_worker_to_regenerate(settings: Settings) -> None:
+    from service.review import services
+    from tests.support.forget import resources_of
+    from tests.support.review import seed_gate, target_item
+
+    settings = _quiet(settings)
+    async with app_client(settings) as client:
+        key = await make_key(client)
+        reviewer = await make_key(client, role="reviewer")
+        created = await submit(client, key, options={"review_gates": ["target_review"]})
+        rid = created["id"]
+        assert (await drive(client, settings, rid))["status"] == "awaiting_target_review"
+        targets = store_for(settings).local_dir(rid, WORK) / "targets"
+        targets.mkdir(parents=True, exist_ok=True)
+        (targets / "stage.json").write_text('{"input_hash": "targets-v1", "summary": {}}')
+        items = [target_item(0), target_item(1)]
+        await seed_gate(resources_of(client).sessionmaker, settings, rid, "target_review", items)
+        tasks = (await client.get("/v1/review/tasks", headers=auth(reviewer))).json()["data"]
+        answers = [
+            {"verdict": "fix", "replacement": "Harold Porter went to Greyford with Rob."},
+            {"verdict": "reject"},
+        ]
+        for task, answer in zip(sorted(tasks, key=lambda t: t["position"]), answers, strict=True):
+            response = await client.post(
+                f"/v1/review/tasks/{task['id']}/answer", json={"answer": answer}, headers=auth(reviewer)
+            )
+            assert response.status_code == 200, response.text
+        await services.maintain(resources_of(client))
+        review = store_for(settings).get_json(rid, WORK, "target_review.json")
+        assert review["replacements"] == {"0": "Harold Porter went to Greyford with Rob."}
+        assert review["targets_hash"] == "targets-v1"  # the worker applies it to these targets only
+        assert review["excluded_blocks"] == [0, 1] and review["rejected_blocks"] == [1]
+        request = (await client.get(f"/v1/forget-requests/{rid}", headers=auth(key))).json()
+        assert request["status"] == "unlearning"
+        assert "1 dropped, 1 fixed" in request["decisions"][-1]["reason"]
