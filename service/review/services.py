@@ -791,7 +791,11 @@ async def _target_verdict(tasks: list[ReviewTask], store: ArtifactStore, request
     return Verdict(
         True,
         f"target blocks reviewed: {len(reviewed) - len(excluded)} kept, {rejected} dropped"
-        + (f", {len(replacements)} fixed (their targets are regenerated from the fix)" if replacements else ""),
+        + (
+            f", {len(replacements)} fixed (their targets are regenerated from the fix)"
+            if replacements
+            else ""
+        ),
         summary,
     )
 
