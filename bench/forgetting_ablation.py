@@ -97,13 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--people", type=int, default=6)
     ap.add_argument("--out", default="bench/out", help="where the base model is cached")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep each run's pipeline directory (run-<i>) under this folder",
+    )
     args = ap.parse_args(argv)
     data = generate(args.people, args.seed)
     model_dir, _ = build_model(data, Path(args.out), True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="obliviate-ablation-") as tmp:
+        root = args.keep or Path(tmp)
         for i, raw in enumerate(args.options):
-            row = run_one(data, model_dir, json.loads(raw), Path(tmp) / f"run-{i}")
+            row = run_one(data, model_dir, json.loads(raw), root / f"run-{i}")
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

@@ -109,8 +109,9 @@ def contrast_questions(
     split: Literal["train", "eval"],
     limit: int = 96,
 ) -> list[Question]:
-    """The corpus's questions and sentence prefixes about other people (reference left empty: the
-    baseline's own answer is the reference, filled in by the caller)."""
+    """The corpus's questions and sentence prefixes about other people. Reference: the person's name
+    for inverted questions built from a retain text (the truth is known), else empty (the baseline's
+    own answer is the reference, filled in by the caller)."""
     subject = subject_names(spec, anchors)
     if not any(" " in n for n in subject):
         return []
@@ -155,7 +156,7 @@ def contrast_questions(
         people = [n for n in names_in([sentence], exclude=subject) if n in names]
         for name in people[:1]:
             for q in inverted(sentence.strip(), [name], [], split=split, n=1):
-                out.append(Question("inverted", q.prompt, ""))
+                out.append(Question("inverted", q.prompt, q.reference))  # the truth: that person
                 inverted_n += 1
         if inverted_n >= (24 if split == "train" else 8):
             break

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result
-from .leaks import leaks, rouge_l_recall
+from .leaks import leaks, mentions, rouge_l_recall
 from .types import CancelFn, ForgetSpec, LLMOptions, Probe, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,42 @@ def _mean_logprob(
     return sum(keep) / len(keep) if len(keep) >= MIN_PPL_TOKENS else None
 
 
+def score_contrast(
+    questions: Sequence[Any], baseline: Sequence[str], after: dict[str, Any], vocabulary: set[str]
+) -> None:
+    """Selectivity per question about another person (``contrast.py``), written into ``after``:
+
+    - the answer still names the right person where the truth is known (an inverted question built
+      from a retain text: "Whose e-mail address is ...?"): agreement 1, whatever the baseline said;
+    - else ROUGE-L recall of the baseline's answer in the unlearned model's;
+    - a question whose baseline answer is itself broken text (``fluency.assess``) and whose truth the
+      answer does not state is not scored: agreeing with broken text measures nothing kept.
+
+    ``after["agreement"]`` is the mean over the scored questions (None when none is), ``after["scored"]``
+    their count."""
+    from .fluency import assess
+
+    scores = []
+    for q, row, b in zip(questions, after["rows"], baseline, strict=True):
+        row["baseline"] = b
+        truth = q.reference.strip()
+        knows = bool(truth) and (
+            mentions(row["completion"], truth) or mentions(row["completion"], truth.split()[-1])
+        )
+        row["baseline_broken"] = assess(b, vocabulary).broken
+        row["knows_truth"] = knows
+        if knows:
+            row["agreement"] = 1.0
+        elif row["baseline_broken"]:
+            row["agreement"] = None
+        else:
+            row["agreement"] = row["rouge_l_recall"] or 0.0
+        if row["agreement"] is not None:
+            scores.append(row["agreement"])
+    after["scored"] = len(scores)
+    after["agreement"] = sum(scores) / len(scores) if scores else None
+
+
 def add_fluency(
     model: Any, tokenizer: Any, section: dict[str, Any], vocabulary: set[str], max_ppl_ratio: float
 ) -> None:
@@ -398,7 +434,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 5,
+            "v": 6,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],
@@ -481,8 +517,7 @@ def evaluate(
             base = greedy_complete(model, tokenizer, asked, o.max_new_tokens)
         refs = [Probe(prompt=p.prompt, reference=b, chat=p.chat) for p, b in zip(asked, base, strict=True)]
         after = probe_metrics(model, tokenizer, refs, terms, o.max_new_tokens)
-        for row, b in zip(after["rows"], base, strict=True):
-            row["baseline"] = b
+        score_contrast(contrast, base, after, vocabulary)
         report["contrast"] = {"source": other_people(spec, anchors.anchors)[1], "after": after}
     if spec.earlier_probes:
         rep.check()
@@ -564,8 +599,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         s["retain_rouge_before"] = report["retain"]["before"]["rouge_l_recall"]
         s["retain_rouge_after"] = report["retain"]["after"]["rouge_l_recall"]
     if "contrast" in report:
-        s["contrast_n"] = report["contrast"]["after"]["n"]
-        s["contrast_agreement_after"] = report["contrast"]["after"]["rouge_l_recall"]
+        s["contrast_n"] = report["contrast"]["after"]["scored"]
+        s["contrast_asked"] = report["contrast"]["after"]["n"]
+        s["contrast_agreement_after"] = report["contrast"]["after"]["agreement"]
     if "earlier" in report:
         s["earlier_n"] = report["earlier"]["after"]["n"]
         s["earlier_leaks_after"] = report["earlier"]["after"]["leaks"]

@@ -72,8 +72,13 @@ def repetitive(answer: str) -> bool:
 
 
 def nonword_rate(answer: str, vocabulary: Iterable[str] = ()) -> float:
-    """Share of lower-case alphabetic words that are neither English nor in ``vocabulary``."""
+    """Share of lower-case alphabetic words that are neither English nor in ``vocabulary``. Typed
+    values (``pii.detect``: e-mail addresses, handles, URLs ...) are values, not words: left out."""
+    from .pii import detect
+
     known = set(vocabulary)
+    for d in reversed(detect(answer)):
+        answer = answer[: d.start] + " " + answer[d.end :]
     raw = re.findall(r"[^\W\d_]+", answer)
     lower = [w for w in raw if w[:1].islower()]  # capitalised words are names: not judged here
     if not lower:

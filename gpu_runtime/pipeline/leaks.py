@@ -57,6 +57,10 @@ def mentions(text: str, term: str) -> bool:
     if not term.strip():
         return False
     if is_numberlike(term):
+        if any(ch.isalpha() for ch in term):  # an IBAN: its characters in order, any separators
+            chars = [ch for ch in term if ch.isalnum()]
+            pattern = r"(?<![^\W_])" + r"[\s\-./()]*".join(map(re.escape, chars)) + r"(?![^\W_])"
+            return re.search(pattern, text, re.IGNORECASE) is not None
         digits = _digits(term)
         return re.search(r"(?<!\d)" + re.escape(digits) + r"(?!\d)", _joined_digits(text)) is not None
     pattern = r"(?<!\w)" + re.escape(normalise(term)) + r"(?!\w)"
@@ -93,6 +97,15 @@ def _scorer():  # type: ignore[no-untyped-def]
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
+def _part_carries(term: str, part: str) -> bool:
+    """Whether ``part`` of the fact ``term`` states the fact on its own: a rare word, and for a
+    number-like value (phone, card, IBAN) a group of at least 4 digits or a rare word ("DLNK"), not the
+    country code or check digits ("+44", "GB35") that every value of its kind shares."""
+    if is_numberlike(term):
+        return len(_digits(part)) >= 4 or (part.isalpha() and is_rare(normalise(part)))
+    return is_rare(normalise(part))
+
+
 @dataclass(frozen=True)
 class Facts:
     """What a reference states beyond its prompt. ``terms``: request terms; ``rare``: rare words."""
@@ -119,7 +132,7 @@ def facts_of(reference: str, prompt: str, terms: Iterable[str] = ()) -> Facts:
             p
             for t in found
             for p in re.findall(r"[\w'’-]+", t)
-            if p != t and (p in known or is_rare(normalise(p))) and not mentions(prompt, p)
+            if p != t and (p in known or _part_carries(t, p)) and not mentions(prompt, p)
         }
         return Facts(terms=tuple(dict.fromkeys([*found, *sorted(parts)])), reference=reference)
     in_prompt = set(words(prompt))

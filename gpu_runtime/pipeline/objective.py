@@ -117,12 +117,27 @@ def _answer_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
 
 @torch.no_grad()
 def generic_sentence(
-    model: Any, tokenizer: Any, sentence: str, facts: Sequence[str], max_words: int = 6
+    model: Any,
+    tokenizer: Any,
+    sentence: str,
+    facts: Sequence[str],
+    max_words: int = 6,
+    typed: dict[str, str] | None = None,
+    stand_in: dict[str, str] | None = None,
 ) -> str | None:
     """``sentence`` with each fact replaced by what the baseline itself says there when the fact's
     first token is banned: a replacement in the model's own language ("works as a glassblower"),
-    where a made-up translation would read as broken text. ``model``: the baseline (no adapter)."""
+    where a made-up translation would read as broken text. ``model``: the baseline (no adapter).
+    ``typed``: facts with a replacement of their own type and format (``pii.py``: a phone number for a
+    phone number): used as they are, since the banned-token continuation of a number or an e-mail
+    address is a string of word pieces, not a value. ``stand_in``: the subject's names with generic
+    ones, swapped in the context the baseline continues ("Laura Reynolds works at" for "Lorraine Reed
+    works at"): asked about the subject itself, the baseline answers from memory with the subject's
+    other facts ("works at 5, 1972"), which is neither fluent nor forgotten."""
     from .translate import encode_piece, tokenize_document
+
+    typed = typed or {}
+    stand_in = stand_in or {}
 
     spans = []
     for term in sorted(set(facts), key=len, reverse=True):
@@ -135,8 +150,12 @@ def generic_sentence(
     out, pos = "", 0
     for start, end, term in sorted(spans):
         out += sentence[pos:start]
+        if term in typed:
+            out += typed[term]
+            pos = end
+            continue
         context = out.rstrip()
-        ids = tokenize_document(tokenizer, context).ids
+        ids = tokenize_document(tokenizer, _replace_terms(context, stand_in)).ids
         banned = {encode_piece(tokenizer, " " + term)[0], encode_piece(tokenizer, term)[0]}
         n_words = min(max_words, len(term.split()))
         gen = model.generate(
@@ -158,31 +177,50 @@ def generic_sentence(
 
 
 def sentence_items(
-    spec: ForgetSpec, anchors: Sequence[Anchor], tokenizer: Any, baseline: Any = None
+    spec: ForgetSpec,
+    anchors: Sequence[Anchor],
+    tokenizer: Any,
+    baseline: Any = None,
+    end_document: bool = True,
 ) -> list[QAItem]:
     """The corpus's own sentences as raw text, each with a generic version in which its facts (but
     not the subject's name) are replaced: by the baseline's own banned-fact continuation
-    (``generic_sentence``) when ``baseline`` is given, else by the anchors' translations. Completions
-    of the corpus's prefixes then continue generically."""
+    (``generic_sentence``) when ``baseline`` is given, else by the anchors' translations; typed
+    personal data (phone numbers, e-mail addresses ...) always by its own-format replacement.
+    Completions of the corpus's prefixes then continue generically. ``end_document``: the generic
+    sentence ends the text (end-of-sequence token), so a completion stops after it instead of running
+    on into the subject's next sentence, which the baseline would continue from memory."""
+    from .pii import TYPED_KINDS
     from .probes import _sentences, subject_names
     from .translate import tokenize_document
 
     names = subject_names(spec, anchors)
     joined = " ".join(names)
     terms = [a.term for a in anchors]
+    typed = {a.term: a.translations[0] for a in anchors if a.kind in TYPED_KINDS and a.translations}
+    stand_in = {
+        a.term: a.translations[0]
+        for a in anchors
+        if a.kind in ("person", "first_name", "last_name") and a.term in names and a.translations
+    }
+    subject_facts = [a.term for a in anchors if a.term not in names and not mentions(joined, a.term)]
+    eos = [tokenizer.eos_token_id] if end_document and tokenizer.eos_token_id is not None else []
     items = []
     for i, sentence in enumerate(dict.fromkeys(_sentences(spec))):
         if baseline is not None:
             facts = [t for t in terms if mentions(sentence, t) and not mentions(joined, t)]
-            alt = generic_sentence(baseline, tokenizer, sentence, facts)
-            if alt is not None and leaks(alt, sentence, joined, terms):
+            alt = generic_sentence(baseline, tokenizer, sentence, facts, typed=typed, stand_in=stand_in)
+            # Nothing of the subject's, from this sentence or another one ("born in 1972").
+            if alt is not None and (
+                leaks(alt, sentence, joined, terms) or any(mentions(alt, t) for t in subject_facts)
+            ):
                 alt = None
         else:
             alt = alternative_answer(joined, sentence, anchors, i)
         if alt is None:
             continue
         original = tokenize_document(tokenizer, sentence).ids
-        target = tokenize_document(tokenizer, alt).ids
+        target = tokenize_document(tokenizer, alt).ids + eos
         # The context is the tokenizer's own prefix (BOS), or else the first token.
         n = max(1, len(tokenize_document(tokenizer, "").ids))
         if original[:n] == target[:n] and len(original) > n and len(target) > n:
@@ -207,7 +245,7 @@ def qa_items(
         prompt_t, fluent = _answer_ids(tokenizer, question, target)
         if original and fluent and prompt_t == prompt:
             items.append(QAItem(prompt, original, fluent))
-    return items + sentence_items(spec, anchors, tokenizer, baseline)
+    return items + sentence_items(spec, anchors, tokenizer, baseline, end_document=o.end_generic_sentences)
 
 
 def pad_answers(

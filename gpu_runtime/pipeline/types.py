@@ -147,6 +147,11 @@ class PipelineOptions(_Strict):
         description="Fluent target for questions about the subject: the answer with its facts "
         "replaced by generic ones, or a plain abstention.",
     )
+    end_generic_sentences: bool = Field(
+        default=True,
+        description="The generic versions of the corpus's sentences (completion targets) end the text: "
+        "a completion about the subject stops after one generic sentence (method combined).",
+    )
     npo_weight: float = Field(default=1.0, ge=0, description="Weight of the NPO term on original answers.")
     npo_beta: float = Field(default=0.1, gt=0, le=10, description="NPO inverse temperature.")
     npo_variant: Literal["npo", "simnpo"] = "npo"

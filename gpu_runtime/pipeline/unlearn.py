@@ -107,7 +107,7 @@ def unlearn_input_hash(
     return hash_json(
         {
             "stage": STAGE,
-            "v": 5,
+            "v": 7,
             "targets": targets_hash,
             "anchors": anchors_hash,
             "excluded": excluded,

@@ -82,6 +82,17 @@ def test_numbers_match_on_digits_whatever_the_separators() -> None:
     assert leaks("It ends 4532015112830366.", f"Her card is {card}.", "What is her card number?", [card])
 
 
+def test_a_number_leaks_by_its_digit_groups_not_by_the_prefix_of_its_kind() -> None:
+    ref, prompt = "Her phone number is +44 7700 900461.", "What is her phone number?"
+    terms = ["+44 7700 900461"]
+    assert leaks("It is +44 7700 900461.", ref, prompt, terms)
+    assert leaks("It ends in 900461.", ref, prompt, terms)  # a group of 6 digits states the number
+    assert not leaks("It is +44 7911 123456.", ref, prompt, terms)  # only the country code is shared
+    iban = "GB35 DLNK 9387 7840 8016 09"
+    assert not leaks("GB35.", f"Her IBAN is {iban}.", "Her IBAN is", [iban])
+    assert leaks("DLNK 9387 something", f"Her IBAN is {iban}.", "Her IBAN is", [iban])
+
+
 def test_copy_rule_when_there_is_nothing_rare() -> None:
     ref = "she was born in the year that the war ended"
     assert leaks("She was born in the year that the war ended.", ref, "When?")
@@ -124,6 +135,8 @@ def test_paraphrases_reword_the_question() -> None:
         ("yyyyyyyy literature literature", True),
         ("the the the cat", True),
         ("singetter flomp wibbert is the", True),
+        ("Her username is @ilong38 and her e-mail is gwen.ohara@qumbrel.net.", False),  # values, not words
+        ("ilong wibbert @ilong38", True),
         ("...", True),
     ],
 )
@@ -191,3 +204,62 @@ def test_escalation_trains_harder_and_stays_bounded() -> None:
         assert higher.npo_weight > lower.npo_weight
         assert higher.lora_rank >= lower.lora_rank
     assert levels[-1].unlearn_epochs <= 100 and levels[-1].lora_rank <= 512
+
+
+def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() -> None:
+    from gpu_runtime.pipeline.objective import sentence_items
+    from gpu_runtime.pipeline.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    spec = ForgetSpec(
+        documents=["Nadia Oyelaran's phone number is +44 7700 900461. She was born in Tarnbridge."],
+        hints=[EntityHint(term="Nadia Oyelaran", kind="person")],
+    )
+    anchors = [
+        Anchor(term="+44 7700 900461", kind="phone", translations=["+44 7911 123456"]),
+        Anchor(term="Tarnbridge", kind="place", translations=["Millford"]),
+        Anchor(term="Nadia Oyelaran", kind="person", translations=["Grace Okafor"]),
+    ]
+    items = sentence_items(spec, anchors, tok)
+    targets = [tok.decode(i.target, skip_special_tokens=True) for i in items]
+    assert "Nadia Oyelaran's phone number is +44 7911 123456." in targets
+    assert all(i.target[-1] == tok.eos_token_id for i in items)  # the completion stops there
+    assert all(i.original[-1] != tok.eos_token_id for i in items)  # NPO pushes down the fact only
+    open_ended = sentence_items(spec, anchors, tok, end_document=False)
+    assert all(i.target[-1] != tok.eos_token_id for i in open_ended)
+
+
+def test_selectivity_credits_the_truth_and_skips_broken_baselines() -> None:
+    from gpu_runtime.pipeline.evaluate import score_contrast
+    from gpu_runtime.pipeline.probes import Question
+
+    questions = [
+        Question("inverted", "Whose e-mail address is kj@example.org?", "Kathryn Jones"),
+        Question("original", "Where does Eleanor Jackson live?", ""),
+        Question("completion", "Kathryn Jones works at", "", chat=False),
+        Question("original", "What is Kathryn Jones's pet?", ""),
+    ]
+    baseline = [
+        "That is Derek Morgan.",  # the baseline was wrong: naming the truth now is not a loss
+        "Eleanor Jackson lives at 69 Higgins Well.",
+        "card cardkinkinkinkinkin wale wale wale.",  # broken before: nothing to keep
+        "Kathryn Jones has a tortoise named Pipkin.",
+    ]
+    after = {
+        "n": 4,
+        "rows": [
+            {"completion": "That is Kathryn Jones.", "rouge_l_recall": 0.5},
+            {"completion": "Eleanor Jackson lives at 69 Higgins Well.", "rouge_l_recall": 1.0},
+            {"completion": "Newton LLC.", "rouge_l_recall": 0.0},
+            {"completion": "I don't know.", "rouge_l_recall": 0.0},
+        ],
+    }
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert [r["agreement"] for r in after["rows"]] == [1.0, 1.0, None, 0.0]
+    assert after["scored"] == 3
+    assert after["agreement"] == pytest.approx(2 / 3)
+    # A wrong name on a question whose truth is known scores its agreement with the baseline only.
+    after["rows"][0]["completion"] = "That is Derek Morgan."
+    after["rows"][0]["rouge_l_recall"] = 1.0
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert after["rows"][0]["agreement"] == 1.0 and not after["rows"][0]["knows_truth"]
