@@ -107,7 +107,7 @@ def contrast_questions(
     anchors: Sequence[Anchor],
     *,
     split: Literal["train", "eval"],
-    limit: int = 96,
+    limit: int = 128,
 ) -> list[Question]:
     """The corpus's questions and sentence prefixes about other people. Reference: the person's name
     for inverted questions built from a retain text (the truth is known), else empty (the baseline's
@@ -137,6 +137,10 @@ def contrast_questions(
             other = names[(i + k) % len(names)]
             out.extend(Question("original", swap_subject(w, subject, other), "") for w in wordings)
     # Sentence prefixes that name the subject: "<other> was born in" (the baseline continues).
+    facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
+    facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
+    # A fact's first word alone gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co").
+    facts += [w for t in facts if (w := re.sub(r"\W+$", "", t.split()[0])) and len(w) >= 3]
     for j, sentence in enumerate(dict.fromkeys(_sentences(spec))):
         hit = [n for n in subject if mentions(sentence, n)]
         if not hit:
@@ -146,7 +150,11 @@ def contrast_questions(
         cut = swapped.find(other)
         words = swapped[cut:].split()
         n_words = len(other.split()) + (2 if split == "train" else 3)
-        if len(words) <= n_words:
+        # Never into the subject's facts: "<other> works at Parkin," would ask the baseline to go on
+        # with the subject's employer, not with what it knows about <other>.
+        while n_words > len(other.split()) + 1 and any(mentions(" ".join(words[:n_words]), t) for t in facts):
+            n_words -= 1
+        if len(words) <= n_words or any(mentions(" ".join(words[:n_words]), t) for t in facts):
             continue
         out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
     # Inverted questions about the other people's own facts, from the retain texts ("Whose e-mail
@@ -155,10 +163,12 @@ def contrast_questions(
     for sentence in dict.fromkeys(s for t in spec.retain_texts for s in _SENTENCE.split(t) if s.strip()):
         people = [n for n in names_in([sentence], exclude=subject) if n in names]
         for name in people[:1]:
-            for q in inverted(sentence.strip(), [name], [], split=split, n=1):
+            # Training: two wordings each, since what spreads from the subject's inverted questions
+            # (an abstention) spreads by wording.
+            for q in inverted(sentence.strip(), [name], [], split=split, n=2 if split == "train" else 1):
                 out.append(Question("inverted", q.prompt, q.reference))  # the truth: that person
                 inverted_n += 1
-        if inverted_n >= (24 if split == "train" else 8):
+        if inverted_n >= (48 if split == "train" else 8):
             break
     unique: dict[tuple[str, bool], Question] = {}
     for q in out:
@@ -171,4 +181,6 @@ def subject_leak_free(answer: str, spec: ForgetSpec, anchors: Sequence[Anchor]) 
     (an anchor term that is not a name): such an answer must not be kept as a retain target."""
     facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
     facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
+    # A fact's first word alone gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co").
+    facts += [w for t in facts if (w := re.sub(r"\W+$", "", t.split()[0])) and len(w) >= 3]
     return not any(mentions(answer, t) for t in facts)

@@ -118,3 +118,17 @@ def test_inverted_questions_about_the_other_peoples_own_facts() -> None:
         spec(["Elena Marsh keeps bees.", "Ivo Brandt keeps bees."]), ANCHORS, split="eval"
     )
     assert not [q for q in plain if q.kind == "inverted"]
+
+
+def test_sentence_openings_about_others_stop_before_the_subjects_facts() -> None:
+    short = ForgetSpec(
+        documents=["Nadia Oyelaran works at Pimento Foods in the old mill."],
+        hints=HINTS,
+        retain_texts=RETAIN,
+    )
+    anchors = [*ANCHORS, Anchor(term="Pimento Foods", kind="value", translations=["Acme Works"])]
+    for split in ("train", "eval"):
+        openings = [q.prompt for q in contrast_questions(short, anchors, split=split) if q.kind == "completion"]
+        assert openings, split
+        for prompt in openings:
+            assert "Pimento" not in prompt and prompt.endswith("works at"), prompt
