@@ -323,11 +323,24 @@ def score_contrast(
 
 
 def add_fluency(
-    model: Any, tokenizer: Any, section: dict[str, Any], vocabulary: set[str], max_ppl_ratio: float
+    model: Any,
+    tokenizer: Any,
+    section: dict[str, Any],
+    vocabulary: set[str],
+    max_ppl_ratio: float,
+    stand_in: dict[str, str] | None = None,
 ) -> None:
     """Flag broken answers in ``section["after"]`` (and ``before``): perplexity under the unmodified
-    model relative to the unmodified model's own answer to the same prompt, plus text checks."""
+    model relative to the unmodified model's own answer to the same prompt, plus text checks.
+
+    ``stand_in`` (the subject's names with generic ones): an answer after unlearning is also scored
+    after the prompt asked about the stand-in, a person the model never met, and the likelier of the
+    two counts. "Answers like a model that never met them" is the promise: "diagnosed with
+    narcolepsy" is fluent about a stranger, while the unmodified model, which memorised the subject's
+    own diagnosis, finds it improbable after the subject's name, a measure of its knowledge, not of
+    the language. Broken text stays improbable in either context."""
     from .fluency import assess
+    from .objective import _replace_terms
 
     before_rows, after_rows = section["before"]["rows"], section["after"]["rows"]
     chat = section.get("chat", [True] * len(after_rows))
@@ -339,11 +352,14 @@ def add_fluency(
         for when, rows in (("before", before_rows), ("after", after_rows)):
             flags = 0
             for r, c, lp0 in zip(rows, chat, normal, strict=True):
-                lp = (
-                    lp0
-                    if when == "before"
-                    else _mean_logprob(model, tokenizer, r["prompt"], r["completion"], c, skip_names=True)
-                )
+                if when == "before":
+                    lp = lp0
+                else:
+                    lp = _mean_logprob(model, tokenizer, r["prompt"], r["completion"], c, skip_names=True)
+                    stranger = _replace_terms(r["prompt"], stand_in or {})
+                    if stranger != r["prompt"] and lp is not None:
+                        lp_s = _mean_logprob(model, tokenizer, stranger, r["completion"], c, skip_names=True)
+                        lp = max(lp, lp_s) if lp_s is not None else lp
                 ratio = math.exp(lp0 - lp) if lp is not None and lp0 is not None else None
                 verdict = assess(r["completion"], vocabulary, ratio, max_ppl_ratio)
                 r["broken"] = verdict.broken
@@ -421,7 +437,7 @@ def evaluate(
     from .contrast import contrast_questions, other_people
     from .fluency import vocabulary_of
     from .models import attach_adapter, load_baseline, load_tokenizer
-    from .probes import KINDS, Question, evaluation_probes
+    from .probes import KINDS, Question, evaluation_probes, stand_ins
     from .unlearn import retain_texts, unlearn_output
 
     rep = Reporter(STAGE, progress, should_cancel)
@@ -434,7 +450,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 6,
+            "v": 7,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],
@@ -488,7 +504,7 @@ def evaluate(
         words_here = vocabulary | vocabulary_of(
             [p.prompt for p in probes] + [r["completion"] for r in before["rows"]]
         )
-        add_fluency(model, tokenizer, section, words_here, o.max_ppl_ratio)
+        add_fluency(model, tokenizer, section, words_here, o.max_ppl_ratio, stand_ins(spec, anchors.anchors))
         del section["chat"]
         report["kinds"][kind] = section
     rep.check()

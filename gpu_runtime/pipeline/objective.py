@@ -191,18 +191,14 @@ def sentence_items(
     sentence ends the text (end-of-sequence token), so a completion stops after it instead of running
     on into the subject's next sentence, which the baseline would continue from memory."""
     from .pii import TYPED_KINDS
-    from .probes import _sentences, subject_names
+    from .probes import _sentences, stand_ins, subject_names
     from .translate import tokenize_document
 
     names = subject_names(spec, anchors)
     joined = " ".join(names)
     terms = [a.term for a in anchors]
     typed = {a.term: a.translations[0] for a in anchors if a.kind in TYPED_KINDS and a.translations}
-    stand_in = {
-        a.term: a.translations[0]
-        for a in anchors
-        if a.kind in ("person", "first_name", "last_name") and a.term in names and a.translations
-    }
+    stand_in = stand_ins(spec, anchors)
     subject_facts = [a.term for a in anchors if a.term not in names and not mentions(joined, a.term)]
     eos = [tokenizer.eos_token_id] if end_document and tokenizer.eos_token_id is not None else []
     items = []

@@ -69,6 +69,17 @@ def subject_names(spec: ForgetSpec, anchors: Sequence[Anchor] = ()) -> list[str]
     return list(dict.fromkeys([*full, *parts]))
 
 
+def stand_ins(spec: ForgetSpec, anchors: Sequence[Anchor]) -> dict[str, str]:
+    """The subject's names (full, first, last) with the generic names their anchors translate to:
+    the same question asked about a person the model never met."""
+    names = set(subject_names(spec, anchors))
+    return {
+        a.term: a.translations[0]
+        for a in anchors
+        if a.kind in ("person", "first_name", "last_name") and a.term in names and a.translations
+    }
+
+
 def _lower_first(q: str) -> str:
     return q[:1].lower() + q[1:] if q[:2] != q[:2].upper() else q
 
