@@ -284,8 +284,20 @@ def build_demo_model_command(out: Path | None, corpus: Path | None, cache_dir: P
 @click.option("--subject", default=None, help="Which demo-world person to forget (default: the first).")
 @click.option("--review", is_flag=True, help="Switch the anchor review gate on and print the review URL.")
 @click.option("--serve", "keep_serving", is_flag=True, help="Keep serving after the demo (Ctrl-C to stop).")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 6),
+    default=None,
+    help="Evaluations the acceptance gate's ladder may run before the evaluation review (default: the "
+    "request default, 3).",
+)
 def demo(
-    data_dir: Path | None, port: int | None, subject: str | None, review: bool, keep_serving: bool
+    data_dir: Path | None,
+    port: int | None,
+    subject: str | None,
+    review: bool,
+    keep_serving: bool,
+    max_attempts: int | None,
 ) -> None:
     """Run the whole product end to end on its embedded defaults.
 
@@ -322,7 +334,9 @@ def demo(
         }
     )
     click.echo(f"demo model: {model_dir}\ndemo data:  {demo_dir}")
-    outcome = run_demo(settings, subject=subject, review=review, keep_serving=keep_serving)
+    outcome = run_demo(
+        settings, subject=subject, review=review, keep_serving=keep_serving, max_attempts=max_attempts
+    )
     click.echo(f"demo finished in {outcome.seconds:.0f} s")
 
 

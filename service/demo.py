@@ -230,6 +230,7 @@ def run_demo(
     echo: Callable[[str], None] = click.echo,
     keep_serving: bool = False,
     wait_timeout: float = 1800.0,
+    max_attempts: int | None = None,
 ) -> DemoOutcome:
     """Run the demo on ``settings`` (whose base_model is the demo model); returns what it measured."""
     from obliviate_client import Client
@@ -267,6 +268,8 @@ def run_demo(
             "deploy_policy": "auto",
             "review_gates": ["anchor_review"] if review else [],
         }
+        if max_attempts is not None:  # the gate's ladder: evaluations before the evaluation review
+            options["acceptance"] = {"max_attempts": max_attempts}
         with Client(base_url, api_key=key, timeout=60) as sdk:
             request = sdk.forget_requests.create(
                 target.name, corpus=material["documents"], qa_pairs=material["qa_pairs"],

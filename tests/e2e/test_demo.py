@@ -55,12 +55,14 @@ def test_shortened_demo_forgets_the_person_and_keeps_the_other(demo_model_dir: P
         workers=1,
     )
     lines: list[str] = []
-    outcome = run_demo(settings, echo=lines.append, wait_timeout=800)
+    # One attempt: the gate's ladder has its own tests (test_acceptance_ladder.py); three attempts of
+    # the demo's pipeline took 9 minutes of the suite.
+    outcome = run_demo(settings, echo=lines.append, wait_timeout=800, max_attempts=1)
     # The base model knows the person through the corpus's own questions (the tiny demo model
     # answers few rewordings it was never trained on: those count toward "after" only).
     assert outcome.known_before_by_kind and outcome.asked_by_kind
     assert outcome.known_before_by_kind["original"] >= outcome.asked_by_kind["original"] - 1
-    assert any("acceptance gate:" in line for line in lines)
+    assert any("acceptance gate:" in line and "after 1 attempt" in line for line in lines)
     if outcome.gate_passed:
         # Deployed: every fact, asked every way, is gone from the served model; the other person stays.
         assert outcome.status == "deployed"

@@ -128,7 +128,9 @@ def test_sentence_openings_about_others_stop_before_the_subjects_facts() -> None
     )
     anchors = [*ANCHORS, Anchor(term="Pimento Foods", kind="value", translations=["Acme Works"])]
     for split in ("train", "eval"):
-        openings = [q.prompt for q in contrast_questions(short, anchors, split=split) if q.kind == "completion"]
+        openings = [
+            q.prompt for q in contrast_questions(short, anchors, split=split) if q.kind == "completion"
+        ]
         assert openings, split
         for prompt in openings:
             assert "Pimento" not in prompt and prompt.endswith("works at"), prompt
