@@ -13,9 +13,17 @@ baseline plus the reinforcement LoRA, and ``disable_adapter()`` gives the baseli
 Per-position confidence is the baseline's probability of the chosen label; blocks whose mean or
 minimum confidence is below the thresholds are flagged for review.
 
+Soft labels (``PipelineOptions.whp_labels = "soft"``, a measured variant; hard labels are the
+default and the paper's): each labelled position also keeps the ``whp_soft_top_k`` most likely
+tokens of softmax(v_generic), renormalised over those k, with the hard label first. The unlearn
+stage then trains the cross-entropy to that distribution (:func:`soft_cross_entropy`). A whole
+value's suppressed true token has the lowest float in g, so it is never among the k.
+
 Artifact: ``work_dir/targets/`` with ``targets.safetensors`` (flat ``input_ids``, ``labels``,
-``confidence`` and ``offsets`` of the blocks), ``blocks.json`` (per-block statistics and flags) and
-``review.json`` (the flagged blocks decoded for the target review, ``review.py``).
+``confidence`` and ``offsets`` of the blocks; with soft labels also ``soft_ids`` int32 [N, k] and
+``soft_probs`` float32 [N, k], one row per labelled position in order), ``blocks.json`` (per-block
+statistics and flags) and ``review.json`` (the flagged blocks decoded for the target review,
+``review.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ class BlockTargets:
     input_ids: list[int]
     labels: list[int]  # labels[p] is the target of the logits at position p (already shifted)
     confidence: list[float]  # NaN where the label is ignored
+    # Soft labels (whp_labels "soft"): one row of k token ids / probabilities per labelled position
+    # (labels[p] != IGNORE), in position order; None with hard labels.
+    soft_ids: list[list[int]] | None = None
+    soft_probs: list[list[float]] | None = None
 
 
 def lowering_mask(block: TranslatedBlock, vocab: int) -> torch.Tensor:
@@ -79,6 +91,28 @@ def suppress_mask(block: TranslatedBlock, vocab: int) -> torch.Tensor | None:
     return mask
 
 
+def generic_logits(
+    g: torch.Tensor,
+    r: torch.Tensor,
+    alpha: float,
+    lower: torch.Tensor | None = None,
+    suppress: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g after lowering and suppression, v_generic = g - alpha * ReLU(r - g)), in float32.
+
+    Lowered entries of g are set to the row's mean logit before the equation, as in the reference;
+    suppressed entries (after lowering, so the mean stays finite) to the lowest float (not -inf:
+    with alpha = 0, 0 * inf would be NaN, and argmax picks NaN).
+    """
+    g = g.float()
+    r = r.float()
+    if lower is not None and bool(lower.any()):
+        g = torch.where(lower, g.mean(dim=-1, keepdim=True).expand_as(g), g)
+    if suppress is not None:
+        g = g.masked_fill(suppress, SUPPRESSED)
+    return g, g - alpha * torch.relu(r - g)
+
+
 def generic_labels(
     g: torch.Tensor,
     r: torch.Tensor,
@@ -90,23 +124,60 @@ def generic_labels(
     """Equation (1) on aligned logit rows g (baseline, translated) and r (reinforced, original).
 
     Returns (labels with -100 where ignored, confidence = softmax(g)[label], NaN where ignored).
-    Lowered entries of g are set to the row's mean logit before the equation, as in the reference;
-    suppressed entries (after lowering, so the mean stays finite) to the lowest float (not -inf:
-    with alpha = 0, 0 * inf would be NaN, and argmax picks NaN).
+    See :func:`generic_logits` for the lowering and the suppression.
     """
-    g = g.float()
-    r = r.float()
-    if lower is not None and bool(lower.any()):
-        g = torch.where(lower, g.mean(dim=-1, keepdim=True).expand_as(g), g)
-    if suppress is not None:
-        g = g.masked_fill(suppress, SUPPRESSED)
-    v = g - alpha * torch.relu(r - g)
+    labels, conf, _v = _labels_and_logits(g, r, alpha, lower, ignore, suppress)
+    return labels, conf
+
+
+def _labels_and_logits(
+    g: torch.Tensor,
+    r: torch.Tensor,
+    alpha: float,
+    lower: torch.Tensor | None,
+    ignore: torch.Tensor | None,
+    suppress: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g, v = generic_logits(g, r, alpha, lower, suppress)
     labels = v.argmax(dim=-1)
     conf = torch.softmax(g, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     if ignore is not None:
         labels = labels.masked_fill(ignore, IGNORE)
         conf = conf.masked_fill(ignore, math.nan)
-    return labels, conf
+    return labels, conf, v
+
+
+def soft_labels(v: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of softmax(v) renormalised over the k, per row: (ids int64 [..., k], probs float32).
+
+    ``labels`` is argmax(v) (ignored rows may hold anything: the caller drops them); it is put
+    first, so the hard label is always the top soft id, also when v ties at its maximum (equal v,
+    equal probability: the distribution is the same).
+    """
+    v = v.float()
+    k = min(k, v.shape[-1])
+    ids = v.topk(k, dim=-1).indices
+    lab = labels.clamp(min=0).unsqueeze(-1)
+    ids = torch.where(ids == lab, ids[..., :1].expand_as(ids), ids)  # swap the label to the front
+    ids[..., 0] = lab.squeeze(-1)
+    probs = torch.softmax(v.gather(-1, ids), dim=-1)
+    return ids, probs
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, soft_ids: torch.Tensor, soft_probs: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the labelled positions (labels != -100) of -sum_k p_k log softmax(logits)[id_k].
+
+    ``soft_ids``/``soft_probs`` [M, k] hold one row per labelled position of ``labels`` [B, T] in
+    row-major order (block by block, position by position), as the targets artifact stores them.
+    With k = 1 this is the hard labels' cross-entropy.
+    """
+    keep = labels != IGNORE
+    if int(keep.sum()) != soft_ids.shape[0]:
+        raise ValueError(f"{int(keep.sum())} labelled positions but {soft_ids.shape[0]} soft rows")
+    logp = torch.log_softmax(logits.float()[keep], dim=-1).gather(-1, soft_ids.long())
+    return -(soft_probs.to(logp.dtype) * logp).sum(-1).mean()
 
 
 @torch.no_grad()
@@ -118,8 +189,11 @@ def compute_targets(
     batch_size: int,
     pad_id: int,
     reporter: Reporter | None = None,
+    soft_top_k: int = 0,
 ) -> list[BlockTargets]:
-    """Batched targets. ``model`` is a PeftModel whose active adapter is the reinforcement."""
+    """Batched targets. ``model`` is a PeftModel whose active adapter is the reinforcement.
+
+    ``soft_top_k`` > 0: each target also holds its soft labels (:func:`soft_labels`)."""
     from .models import pad_batch
 
     dev = next(model.parameters()).device
@@ -140,7 +214,7 @@ def compute_targets(
             r = r_all[i, :n]
             vocab = g.shape[-1]
             sup = suppress_mask(blk, vocab)
-            labels, conf = generic_labels(
+            labels, conf, v = _labels_and_logits(
                 g,
                 r,
                 alpha,
@@ -148,11 +222,15 @@ def compute_targets(
                 ignore_mask(blk).to(g.device),
                 sup.to(g.device) if sup is not None else None,
             )
-            out.append(
-                BlockTargets(
-                    blk.doc, blk.index, list(blk.original_ids), labels.cpu().tolist(), conf.cpu().tolist()
-                )
+            target = BlockTargets(
+                blk.doc, blk.index, list(blk.original_ids), labels.cpu().tolist(), conf.cpu().tolist()
             )
+            if soft_top_k > 0:
+                keep = labels != IGNORE
+                ids, probs = soft_labels(v[keep], labels[keep], soft_top_k)
+                target.soft_ids = ids.cpu().tolist()
+                target.soft_probs = probs.cpu().tolist()
+            out.append(target)
         if reporter is not None:
             reporter(
                 0.2 + 0.75 * (b0 + len(batch)) / len(blocks), f"{b0 + len(batch)}/{len(blocks)} block(s)"
@@ -225,6 +303,15 @@ def save_targets(path: Path, targets: Sequence[BlockTargets]) -> None:
         "offsets": torch.tensor(offsets, dtype=torch.long),
         "docs": torch.tensor([t.doc for t in targets], dtype=torch.long),
     }
+    soft = [t.soft_ids is not None for t in targets]
+    if any(soft):
+        if not all(soft):
+            raise ValueError("soft labels for some blocks only")
+        ids = [row for t in targets for row in t.soft_ids or []]
+        probs = [row for t in targets for row in t.soft_probs or []]
+        k = len(ids[0]) if ids else 1
+        tensors["soft_ids"] = torch.tensor(ids, dtype=torch.int32).reshape(-1, k)
+        tensors["soft_probs"] = torch.tensor(probs, dtype=torch.float32).reshape(-1, k)
     save_file(tensors, str(path))
 
 
@@ -233,7 +320,7 @@ def load_targets(path: Path) -> list[BlockTargets]:
 
     d = load_file(str(path))
     off = d["offsets"].tolist()
-    return [
+    out = [
         BlockTargets(
             doc=int(d["docs"][i]),
             index=i,
@@ -243,23 +330,39 @@ def load_targets(path: Path) -> list[BlockTargets]:
         )
         for i in range(len(off) - 1)
     ]
+    if "soft_ids" in d:
+        row = 0
+        for t in out:
+            n = sum(1 for lab in t.labels if lab != IGNORE)
+            t.soft_ids = d["soft_ids"][row : row + n].long().tolist()
+            t.soft_probs = d["soft_probs"][row : row + n].tolist()
+            row += n
+        if row != d["soft_ids"].shape[0]:
+            raise ValueError(f"{path}: {d['soft_ids'].shape[0]} soft rows for {row} labelled positions")
+    return out
+
+
+def soft_top_k(o: Any) -> int:
+    """Soft labels' k for these options (0: hard labels)."""
+    return o.whp_soft_top_k if o.whp_labels == "soft" else 0
 
 
 def targets_input_hash(spec: ForgetSpec, reinforce_hash: str, anchors: Any) -> str:
     from .reinforce import corpus_hash
 
     o = spec.options
-    return hash_json(
-        {
-            "stage": STAGE,
-            "v": 3,  # 3: the artifact holds review.json (the target review, decoded)
-            "reinforce": reinforce_hash,
-            "anchors": [[a.term, a.kind, a.translations] for a in anchors.anchors],
-            "corpus": corpus_hash(spec),
-            "opts": [o.alpha, o.block_size, o.confidence_threshold, o.min_confidence_threshold],
-            "rules": asdict(label_rules(o)),
-        }
-    )
+    payload: dict[str, Any] = {
+        "stage": STAGE,
+        "v": 3,  # 3: the artifact holds review.json (the target review, decoded)
+        "reinforce": reinforce_hash,
+        "anchors": [[a.term, a.kind, a.translations] for a in anchors.anchors],
+        "corpus": corpus_hash(spec),
+        "opts": [o.alpha, o.block_size, o.confidence_threshold, o.min_confidence_threshold],
+        "rules": asdict(label_rules(o)),
+    }
+    if soft_top_k(o):  # hard labels keep their hash (their artifact is unchanged)
+        payload["soft_top_k"] = soft_top_k(o)
+    return hash_json(payload)
 
 
 def targets_output(work_dir: Path | str) -> tuple[Path, str]:
@@ -310,11 +413,21 @@ def generate_targets(
     fixes = {index: text for index, text in fixes.items() if index < len(blocks)}
     model = attach_adapter(load_baseline(base_model_dir, o, deployed_adapter), adapter_dir)
     previous = read_marker(out) or {}
+    k = soft_top_k(o)
+    targets: list[BlockTargets] = []
     if fixes and base_hash in (previous.get("input_hash"), (previous.get("summary") or {}).get("base_hash")):
         targets = load_targets(out / "targets.safetensors")  # only the fixed blocks change
-    else:
+        if len(targets) != len(blocks) or any((t.soft_ids is not None) != bool(k) for t in targets):
+            targets = []  # not the artifact these blocks and options make: compute it all
+    if not targets:
         targets = compute_targets(
-            model, blocks, alpha=o.alpha, batch_size=o.batch_size, pad_id=tokenizer.pad_token_id, reporter=rep
+            model,
+            blocks,
+            alpha=o.alpha,
+            batch_size=o.batch_size,
+            pad_id=tokenizer.pad_token_id,
+            reporter=rep,
+            soft_top_k=k,
         )
     if fixes:
         for index, text in fixes.items():
@@ -325,6 +438,7 @@ def generate_targets(
             alpha=o.alpha,
             batch_size=o.batch_size,
             pad_id=tokenizer.pad_token_id,
+            soft_top_k=k,
         )
         for index, target in zip(fixes, regenerated, strict=True):
             targets[index] = target
@@ -349,6 +463,8 @@ def generate_targets(
         "mean_confidence": round(mean_conf, 6),
         "flagged_blocks": flagged,
     }
+    if k:
+        summary["soft_top_k"] = k
     if fixes:
         summary.update(base_hash=base_hash, fixed_blocks=sorted(fixes))
     with atomic_dir(out, input_hash, summary) as tmp:

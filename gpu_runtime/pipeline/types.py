@@ -141,6 +141,19 @@ class PipelineOptions(_Strict):
         ),
     )
     whp_weight: float = Field(default=1.0, ge=0, description="Weight of the generic-label loss.")
+    whp_labels: Literal["hard", "soft"] = Field(
+        default="hard",
+        description="Generic labels of WHP equation (1). hard (the paper): cross-entropy to "
+        "argmax(v_generic) at each labelled position; soft (a measured variant): cross-entropy to "
+        "softmax(v_generic) renormalised over its whp_soft_top_k most likely tokens. Ignored positions "
+        "stay ignored and a whole value's suppressed true token gets probability 0 in both.",
+    )
+    whp_soft_top_k: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Tokens kept per position for whp_labels soft (1 gives the hard labels' loss).",
+    )
     answer_weight: float = Field(default=1.0, ge=0, description="Weight of the fluent answer targets.")
     answer_target: Literal["alternative", "idk"] = Field(
         default="idk",

@@ -2,7 +2,9 @@
 
 The objective (``PipelineOptions.method``; every weight an option, see ``objective_terms``):
 
-- ``whp`` (the paper): cross-entropy to the generic labels on the forget blocks;
+- ``whp`` (the paper): cross-entropy to the generic labels on the forget blocks (hard labels; with
+  ``whp_labels = "soft"``, a measured variant, the cross-entropy to the targets' top-k soft labels,
+  ``targets.soft_cross_entropy``; the same term in ``combined``);
 - ``npo``: negative preference optimisation (Zhang et al. 2024) on the original answers (and on the
   documents' blocks when the corpus has no questions): ``-(2/β) log σ(-β (log π(y|x) - log π_ref(y|x)))``,
   or SimNPO's reference-free, length-normalised form;
@@ -104,18 +106,21 @@ def unlearn_input_hash(
     from .reinforce import model_identity
 
     o = spec.options
-    return hash_json(
-        {
-            "stage": STAGE,
-            "v": 7,
-            "targets": targets_hash,
-            "anchors": anchors_hash,
-            "excluded": excluded,
-            "model": model_identity(base_model_dir, deployed_adapter),
-            "retain": [spec.retain_texts, [p.model_dump() for p in spec.retain_probes]],
-            "opts": o.model_dump(exclude={"llm", "mine_top_k", "mine_min_gain", "max_new_tokens"}),
-        }
-    )
+    payload: dict[str, Any] = {
+        "stage": STAGE,
+        "v": 8,
+        "targets": targets_hash,
+        "anchors": anchors_hash,
+        "excluded": excluded,
+        "model": model_identity(base_model_dir, deployed_adapter),
+        "retain": [spec.retain_texts, [p.model_dump() for p in spec.retain_probes]],
+        "opts": o.model_dump(
+            exclude={"llm", "mine_top_k", "mine_min_gain", "max_new_tokens", "whp_labels", "whp_soft_top_k"}
+        ),
+    }
+    if o.whp_labels == "soft":  # hard labels (the default) keep their hash: their training is unchanged
+        payload["whp_labels"] = ["soft", o.whp_soft_top_k]
+    return hash_json(payload)
 
 
 def unlearn_output(work_dir: Path | str) -> tuple[Path, str]:
@@ -146,7 +151,7 @@ def unlearn(
         sequence_logprob,
     )
     from .reinforce import model_identity
-    from .targets import IGNORE, load_targets, targets_output
+    from .targets import IGNORE, load_targets, soft_cross_entropy, targets_output
     from .training import batches, causal_lm_loss, fit
     from .translate import plain_blocks
 
@@ -169,6 +174,9 @@ def unlearn(
     forget = [t for t in load_targets(targets_dir / "targets.safetensors") if t.index not in skip]
     forget = [t for t in forget if any(lab != IGNORE for lab in t.labels)]
     use_whp = o.method in ("whp", "combined") and o.whp_weight > 0
+    soft = o.whp_labels == "soft"
+    if use_whp and soft and any(t.soft_ids is None for t in forget):
+        raise PipelineError("whp_labels is soft but the targets hold no soft labels", stage=STAGE)
     use_npo = o.method in ("npo", "combined") and o.npo_weight > 0
     use_answers = o.method == "combined" and o.answer_weight > 0
     npo_blocks: list[list[int]] = []
@@ -212,6 +220,11 @@ def unlearn(
         labels, _ = pad_batch([t.labels for t in batch], tokenizer.pad_token_id, fill=IGNORE)
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
         # Generic labels are already next-token targets for each position: no shift.
+        if soft:
+            # One soft row per labelled position, block by block: the row-major order of labels.
+            soft_ids = torch.tensor([row for t in batch for row in t.soft_ids or []], dtype=torch.long)
+            soft_probs = torch.tensor([row for t in batch for row in t.soft_probs or []], dtype=torch.float32)
+            return soft_cross_entropy(logits, labels.to(dev), soft_ids.to(dev), soft_probs.to(dev))
         return F.cross_entropy(logits.float().flatten(0, 1), labels.to(dev).flatten(), ignore_index=IGNORE)
 
     def npo_term(rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
