@@ -9,7 +9,7 @@ Two kinds live here, in one registry per app (tests run several apps in one proc
   soon, open review tasks by gate, the outbox, stage durations and attempts (from the workers' Redis
   hash, see :mod:`service.observability.stages`), the arq queue, worker liveness, and this replica's
   serving state per alias (served and desired version, unavailable, loads, swaps, load failures).
-  The database and Redis part is two aggregate queries and three Redis commands, cached for
+  The database and Redis part is one aggregate statement and one Redis pipeline, cached for
   ``metrics_cache_s`` (with the rendered text) so a burst of scrapes (several Prometheus servers)
   costs one refresh.
 
@@ -21,16 +21,18 @@ aggregate them with ``max``, not ``sum``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import CompoundSelect, Select, bindparam, func, literal, null, select, union_all
 
 from service import jobs
 from service.core.state import Resources
@@ -165,49 +167,26 @@ class Metrics:
             return fresh
 
     async def _read_database(self, out: StateSnapshot) -> None:
-        from service.forget.models import ForgetRequest
-        from service.orchestration.models import OutboxEntry
-        from service.review.models import ReviewGate, ReviewTask
-
+        """One prepared statement, one round trip (``_state_statement``)."""
         now = utcnow()
         soon = now + timedelta(seconds=float(self.resources.settings.due_soon_s))
-        fr = ForgetRequest
-        due_counts = select(
-            fr.status,
-            func.count(),
-            func.sum(case((fr.due_at <= now, 1), else_=0)),
-            func.sum(case(((fr.due_at > now) & (fr.due_at <= soon), 1), else_=0)),
-            func.min(fr.heartbeat_at),
-        ).group_by(fr.status)
-        # Open review tasks per gate kind, and the outbox backlog, in one statement.
-        review = (
-            select(ReviewGate.gate, func.count())
-            .select_from(ReviewTask)
-            .join(ReviewGate, ReviewGate.id == ReviewTask.gate_id)
-            .where(ReviewTask.status == "open", ReviewTask.control.is_(False))
-            .group_by(ReviewGate.gate)
-        )
-        outbox = select(literal("__outbox__"), func.count()).where(OutboxEntry.dispatched_at.is_(None))
-        async with self.resources.sessionmaker() as session:
-            rows = (await session.execute(due_counts)).all()
-            extra = (await session.execute(review.union_all(outbox))).all()
-        oldest = None
-        for status, count, overdue, due_soon, heartbeat in rows:
-            out.by_status[str(status)] = int(count)
-            if status not in _NOT_OPEN:
-                out.overdue += int(overdue or 0)
-                out.due_soon += int(due_soon or 0)
-            if status in _STAGE_STATUSES and heartbeat is not None:
-                oldest = heartbeat if oldest is None else min(oldest, heartbeat)
-        if oldest is not None:
-            if oldest.tzinfo is None:
-                oldest = oldest.replace(tzinfo=now.tzinfo)
-            out.oldest_heartbeat_age_s = max(0.0, (now - oldest).total_seconds())
-        for name, count in extra:
-            if name == "__outbox__":
-                out.outbox_pending = int(count)
-            else:
+        async with self.resources.engine.connect() as connection:
+            rows = (await connection.execute(_state_statement(), {"now": now, "soon": soon})).all()
+        for kind, name, count, heartbeat in rows:
+            if kind == "status":
+                out.by_status[str(name)] = int(count)
+            elif kind == "overdue":
+                out.overdue = int(count)
+            elif kind == "due_soon":
+                out.due_soon = int(count)
+            elif kind == "heartbeat" and heartbeat is not None:
+                if heartbeat.tzinfo is None:
+                    heartbeat = heartbeat.replace(tzinfo=now.tzinfo)
+                out.oldest_heartbeat_age_s = max(0.0, (now - heartbeat).total_seconds())
+            elif kind == "review":
                 out.review_open[str(name)] = int(count)
+            elif kind == "outbox":
+                out.outbox_pending = int(count)
 
     async def _read_redis(self, out: StateSnapshot) -> None:
         redis = self.resources.arq
@@ -224,6 +203,48 @@ class Metrics:
         from service.orchestration.workers import live_workers
 
         out.live_workers = len(await live_workers(redis))
+
+
+@functools.cache
+def _state_statement() -> CompoundSelect:
+    """The database part of a scrape: one ``UNION ALL`` of aggregates, rows ``(kind, name, count,
+    heartbeat)``, built once (building it costs about as much as running it) with ``now`` and
+    ``soon`` bound at each run.
+
+    Every forget-request branch reads the ``(status, due_at)`` index (migration 0007): counts by
+    status scan the index alone, overdue and due soon are range counts over the statuses still being
+    worked on (``views.due_flags`` says the same), the oldest heartbeat visits only rows in a stage,
+    so ``heartbeat_at`` (written every few seconds while a stage runs) needs no index of its own.
+    """
+    from service.forget.lifecycle import Status
+    from service.forget.models import ForgetRequest as fr
+    from service.orchestration.models import OutboxEntry
+    from service.review.models import ReviewGate, ReviewTask
+
+    now, soon = bindparam("now", type_=fr.due_at.type), bindparam("soon", type_=fr.due_at.type)
+    still_open = fr.status.in_([s.value for s in Status if s.value not in _NOT_OPEN])
+    no_time = null().cast(fr.heartbeat_at.type)
+
+    def count(kind: str, *where: Any) -> Select[Any]:
+        return select(literal(kind), literal(""), func.count(), no_time).where(*where)
+
+    by_status = select(literal("status"), fr.status, func.count(), no_time).group_by(fr.status)
+    heartbeat = select(literal("heartbeat"), literal(""), func.count(), func.min(fr.heartbeat_at))
+    review = (
+        select(literal("review"), ReviewGate.gate, func.count(), no_time)
+        .select_from(ReviewTask)
+        .join(ReviewGate, ReviewGate.id == ReviewTask.gate_id)
+        .where(ReviewTask.status == "open", ReviewTask.control.is_(False))
+        .group_by(ReviewGate.gate)
+    )
+    return union_all(
+        by_status,
+        count("overdue", still_open, fr.due_at <= now),
+        count("due_soon", still_open, fr.due_at > now, fr.due_at <= soon),
+        heartbeat.where(fr.status.in_(_STAGE_STATUSES)),
+        review,
+        count("outbox", OutboxEntry.dispatched_at.is_(None)),
+    )
 
 
 def _carry(old: StateSnapshot, new: StateSnapshot) -> StateSnapshot:
