@@ -96,6 +96,10 @@ def create_app(
 ) -> Litestar:
     """Build the Obliviate API for ``settings``."""
     hooks = [*_domain_startup_hooks(), *startup_hooks]
+    if settings.metrics_enabled and settings.metrics_port is not None:
+        from service.observability.port import start_metrics_port
+
+        hooks.append(start_metrics_port)  # last: it opens once the rest is up, and closes first
     # First: everything the request logs, metrics middleware included, carries the forget request id.
     middleware: list[Any] = [logs.request_context_middleware]
     if settings.metrics_enabled:

@@ -285,6 +285,13 @@ class Settings(BaseSettings):
         default=False,
         description="/metrics answers without credentials (only where nothing but the scraper reaches it).",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port instead (same process, same host, same access rules); "
+        "the main port's /metrics then answers 404. Unset: /metrics is on the main port.",
+    )
     metrics_cache_s: float = Field(
         default=2.0,
         ge=0,
@@ -346,6 +353,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 "serving_backend openai-upstream needs OBLIVIATE_UPSTREAM_URLS "
                 "(comma-separated base URLs, e.g. http://gpu1:8000,http://gpu2:8000)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port(self) -> Settings:
+        if self.metrics_port is None:
+            return self
+        if not self.metrics_enabled:
+            raise ValueError(
+                "OBLIVIATE_METRICS_PORT is set but OBLIVIATE_METRICS_ENABLED is false: unset one of them"
+            )
+        if self.metrics_port == self.port:
+            raise ValueError(
+                f"OBLIVIATE_METRICS_PORT ({self.metrics_port}) must differ from OBLIVIATE_PORT ({self.port}); "
+                "unset it to serve /metrics on the main port"
             )
         return self
 

@@ -1,8 +1,10 @@
 """``GET /metrics``: Prometheus text format, for a scraper holding the metrics token or an operator key.
 
-Who may scrape (``docs/operations.md``): with ``metrics_public`` anyone who reaches the port (a private
-network); otherwise a bearer token equal to ``metrics_bearer_token`` or an operator API key; anything
-else is 401 (no credentials) or 403 (a key of another role). The body is the process-wide registry
+With ``metrics_port`` set the endpoint moves to that port (``service.observability.port``) and this
+one answers 404. Who may scrape, on either port (``docs/operations.md``): with ``metrics_public``
+anyone who reaches the port (a private network); otherwise a bearer token equal to
+``metrics_bearer_token`` or an operator API key; anything else is 401 (no credentials) or 403 (a key
+of another role). The body is the process-wide registry
 (Litestar's ``obliviate_http_*`` metrics, process and Python runtime) followed by this app's registry.
 """
 
@@ -41,6 +43,15 @@ async def _check_access(request: Request[Any, Any, Any], resources: Resources) -
         raise Forbidden(f"/metrics needs an operator key or the metrics token; your key is {principal.role}")
 
 
+async def metrics_response(request: Request[Any, Any, Any], resources: Resources) -> Response[bytes]:
+    """The exposition, after the access check (the main port and ``OBLIVIATE_METRICS_PORT`` alike)."""
+    await _check_access(request, resources)
+    body = await get_metrics(resources).render(
+        lambda registry: generate_latest(REGISTRY) + generate_latest(registry)
+    )
+    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+
+
 class MetricsController(Controller):
     path = METRICS_PATH
     include_in_schema = False
@@ -49,11 +60,11 @@ class MetricsController(Controller):
     async def metrics(
         self, request: Request[Any, Any, Any], resources: NamedDependency[Resources]
     ) -> Response[bytes]:
-        await _check_access(request, resources)
-        body = await get_metrics(resources).render(
-            lambda registry: generate_latest(REGISTRY) + generate_latest(registry)
-        )
-        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+        if resources.settings.metrics_port is not None:
+            # Served on its own port (service.observability.port); not here as well, so a network
+            # policy that keeps the metrics port private is not undone by the public one.
+            raise NotFound("Metrics are served on a port of their own here (OBLIVIATE_METRICS_PORT)")
+        return await metrics_response(request, resources)
 
 
 def http_metrics_middleware() -> Any:
