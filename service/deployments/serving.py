@@ -8,6 +8,14 @@ alias in the serving backend (:mod:`service.serving`: the embedded engine, or an
 every healthy member must hold the version). Each pass also runs the backend's own upkeep (upstreams:
 health probes, re-warming a restarted one). A restarted replica runs one pass before it accepts requests.
 
+Admission (:meth:`Serving.admit`): polling alone leaves a replica a fraction of a second behind a
+flip made elsewhere. So every request for an alias first reads the alias's generation from the
+database (one primary-key SELECT); if this replica serves an older generation, the request waits
+(at most ``CATCH_UP_S``) while this replica loads and flips to what the database says now, and
+answers 503 ``alias_unavailable`` if that does not happen in time. A request is therefore never
+answered by a version older than the one the database held when it was admitted; one admitted before
+a flip may still finish on the version it started with (it already left admission).
+
 Fail closed: when the version the database wants cannot be loaded here (file missing on this host,
 hash mismatch, load error, no upstream reachable or holding it), the alias is taken out of the backend
 and answers 503 ``alias_unavailable``
@@ -33,8 +41,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
+from service.core.errors import Unavailable
 from service.core.state import Resources
 from service.deployments.models import AdapterVersion, ServedAlias
 from service.serving.backend import ServingBackend
@@ -48,6 +57,11 @@ CHANGES_CHANNEL = "obliviate:deployments:changed"
 # can show every replica's real state in /v1/deployments.
 REPLICA_KEY_PREFIX = "obliviate:serving:replica:"
 MAX_RETRY_S = 10.0
+# How long a request waits at admission for this replica to serve the alias's generation in the
+# database (load the version's adapter and flip) before it is answered 503 alias_unavailable.
+CATCH_UP_S = 5.0
+# The alias's generation, read on every request for an alias (primary-key lookup).
+_GENERATION = select(ServedAlias.generation).where(ServedAlias.alias == bindparam("alias"))
 
 
 def engine_adapter_id(request_id: str | None, version_id: str) -> str:
@@ -156,6 +170,8 @@ class Serving:
         self.passes = 0
         # Ready requests with an auto policy whose deploy was refused; left to a human (manual deploy).
         self.auto_refused: set[str] = set()
+        # Per alias: the catch-up started by a request that found this replica behind the database.
+        self._catching_up: dict[str, asyncio.Task[None]] = {}
 
     @property
     def settings(self) -> Any:
@@ -191,8 +207,6 @@ class Serving:
         fault = self.fault(alias)
         if fault is None:
             return
-        from service.core.errors import Unavailable
-
         _bump(self.metrics.refused_requests_total, alias)
         what = f"version {fault.version}" if fault.version else "its deployed version"
         raise Unavailable(
@@ -202,6 +216,100 @@ class Serving:
             code="alias_unavailable",
             retry_after=max(1.0, min(MAX_RETRY_S, fault.next_try - time.monotonic())),
         )
+
+    # -- admission ---------------------------------------------------------------------------------
+    async def admit(self, alias: str) -> bool:
+        """Make sure a request for ``alias`` is served by the version the database holds now, or newer.
+
+        Reads the alias's generation from the database (the source of truth); when this replica serves
+        an older one, waits (at most ``CATCH_UP_S``) while it converges on the database, else raises
+        503 ``alias_unavailable``. Returns whether the database has a row for the alias (``False``: it
+        was never deployed). The caller's :meth:`check_servable` then refuses an alias that is faulted.
+        Flips only move forward, so once this returned, the alias here stays at this generation or a
+        later one for as long as the request runs.
+        """
+        if not self.serves:
+            return alias in self.views or alias in self.wanted
+        try:
+            async with self.resources.engine.connect() as connection:
+                generation = (await connection.execute(_GENERATION, {"alias": alias})).scalar_one_or_none()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Without the source of truth the version to answer with is unknown: fail closed.
+            logger.warning(
+                "admission of a request for alias %s: database read failed: %s", alias, type(exc).__name__
+            )
+            _bump(self.metrics.refused_requests_total, alias)
+            raise Unavailable(
+                f"The model '{alias}' is unavailable: this server cannot read which version it serves. "
+                "Retry later.",
+                param="model",
+                code="alias_unavailable",
+                retry_after=1.0,
+            ) from None
+        if generation is None:
+            return False
+        if not self._behind(alias, generation):
+            return True
+        deadline = time.monotonic() + CATCH_UP_S
+        while self._behind(alias, generation):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            task = self._catching_up.get(alias)
+            if task is None or task.done():
+                # One catch-up per alias at a time. It reads the database after this request did, so
+                # it converges on this generation or a later one; a request that joined an earlier
+                # catch-up (which may have read an earlier generation) starts another when it ends.
+                task = asyncio.ensure_future(self._catch_up(alias))
+                self._catching_up[alias] = task
+            with contextlib.suppress(TimeoutError):
+                # Shielded: a request that gives up (or whose client left) does not cancel the load.
+                await asyncio.wait_for(asyncio.shield(task), timeout=left)
+            fault = self.faults.get(alias)
+            if fault is not None and fault.generation >= generation:
+                return True  # cannot load it here: check_servable answers 503 with the reason
+            if task.done() and self._behind(alias, generation):
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # no busy retry
+        if self._behind(alias, generation):
+            _bump(self.metrics.refused_requests_total, alias)
+            raise Unavailable(
+                f"The model '{alias}' is unavailable: this server is still loading its deployed version. "
+                "It will not answer with an earlier version; retry shortly.",
+                param="model",
+                code="alias_unavailable",
+                retry_after=1.0,
+            )
+        return True
+
+    def _behind(self, alias: str, generation: int) -> bool:
+        """Whether this replica neither serves ``generation`` (or later) nor knows why it cannot."""
+        view = self.views.get(alias)
+        if view is not None and view.generation >= generation:
+            return False
+        fault = self.faults.get(alias)
+        return fault is None or fault.generation < generation
+
+    async def _catch_up(self, alias: str) -> None:
+        """Converge one alias on the database now (what a reconcile pass does, for this alias only)."""
+        try:
+            async with self.resources.sessionmaker() as session:
+                row = (
+                    await session.execute(
+                        select(ServedAlias, AdapterVersion)
+                        .outerjoin(AdapterVersion, AdapterVersion.id == ServedAlias.version_id)
+                        .where(ServedAlias.alias == alias)
+                    )
+                ).first()
+            if row is None:
+                return
+            async with self.lock:
+                await self._converge(view_of(row[0], row[1]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the reconciler retries; the waiting requests answer 503
+            logger.warning("catching up alias %s failed: %s", alias, type(exc).__name__)
 
     def replica_state(self) -> dict[str, Any]:
         """This replica's real state per alias: wanted vs loaded version, and the error if they differ."""
@@ -349,26 +457,36 @@ class Serving:
         changed = 0
         async with self.lock:
             for view in desired:
-                wanted = self.wanted.get(view.alias)
-                if wanted is None or wanted.generation <= view.generation:
-                    self.wanted[view.alias] = view
                 current = self.views.get(view.alias)
                 if current is not None and current.generation >= view.generation:
+                    self._want(view)
                     if self._unservable(current):
                         changed += 1
                     continue
-                fault = self.faults.get(view.alias)
-                if (
-                    fault is not None
-                    and fault.generation == view.generation
-                    and time.monotonic() < fault.next_try
-                ):
-                    continue  # back-off: a broken file is not re-hashed every tick
-                if not await self._apply(view):
-                    continue
-                changed += 1
+                if await self._converge(view):
+                    changed += 1
         self.passes += 1
         return changed
+
+    def _want(self, view: AliasView) -> None:
+        wanted = self.wanted.get(view.alias)
+        if wanted is None or wanted.generation <= view.generation:
+            self.wanted[view.alias] = view
+
+    async def _converge(self, view: AliasView) -> bool:
+        """Serve ``view`` here if it is newer than what is served (call with the lock held)."""
+        self._want(view)
+        if self.wanted[view.alias].generation > view.generation:
+            # A stale read (a request's catch-up or a deploy saw a later generation meanwhile): never
+            # flip back to an earlier version, even while the later one cannot be loaded.
+            return False
+        current = self.views.get(view.alias)
+        if current is not None and current.generation >= view.generation:
+            return False
+        fault = self.faults.get(view.alias)
+        if fault is not None and fault.generation == view.generation and time.monotonic() < fault.next_try:
+            return False  # back-off: a broken file is not re-hashed every tick
+        return await self._apply(view)
 
     def _unservable(self, view: AliasView) -> bool:
         """Fail closed when the backend lost what an alias serves (every upstream down, or none holds it)."""

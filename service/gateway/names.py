@@ -1,7 +1,9 @@
 """Public model names → engine model names, with tenant and role checks.
 
-chat (settings.served_alias) and other aliases   the deployed version, for every tenant; 503
-                                                  ``alias_unavailable`` while this replica cannot load it
+chat (settings.served_alias) and other aliases   the deployed version, for every tenant: the one the
+                                                  database holds when the request is admitted (or a later
+                                                  one); 503 ``alias_unavailable`` while this replica
+                                                  cannot load it
 base                                              the unmodified model: operator keys only, since it still
                                                   knows every tenant's forgotten subjects (tenant admins
                                                   and reviewers compare before/after through
@@ -61,14 +63,16 @@ async def resolve(
                 code="model_forbidden",
             )
         return Target(name, BASE_MODEL_NAME)
-    if serving.view(name) is not None:
-        # Fail closed: an alias whose deployed version this replica cannot load answers 503.
-        serving.check_servable(name)
-        return Target(name, name)
-    if name.startswith(ADAPTER_PREFIX):
+    if name.startswith(ADAPTER_PREFIX):  # aliases have no ':'
         return Target(
             name, await ensure_request_adapter(resources, serving, principal, name[len(ADAPTER_PREFIX) :])
         )
+    # Admission: this replica serves the version the database holds now (or a later one), catching up
+    # first if it is behind a flip made elsewhere; never the version the alias just left.
+    if await serving.admit(name) or serving.view(name) is not None:
+        # Fail closed: an alias whose deployed version this replica cannot load answers 503.
+        serving.check_servable(name)
+        return Target(name, name)
     raise ModelNotFound(name)
 
 

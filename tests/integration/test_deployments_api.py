@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -144,6 +145,40 @@ def test_replicas_converge_and_a_restart_serves_the_same_version(
     two.stop()
     three: LiveGateway = gateway_factory(data_dir=shared)
     assert served_fingerprint(http(three)) == fp
+
+
+def test_a_replica_behind_the_database_never_answers_with_the_version_the_alias_left(
+    gateway_factory: Any, tiny_model: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Admission reads the alias from the database: a replica whose reconciler has not noticed a deploy
+    or a rollback made on another replica catches up before it answers, from the very next request."""
+    shared = tmp_path / "shared"
+    one: LiveGateway = gateway_factory(data_dir=shared)
+    # The second replica's reconciler neither polls (an hour) nor hears announcements (its wake-up
+    # event is swapped for one nobody waits on): only admission can bring it up to date.
+    two: LiveGateway = gateway_factory(data_dir=shared, reconcile_interval=3600.0)
+    serving = two.app.state.resources.extras["serving"]
+    serving.wake = asyncio.Event()
+    passes = serving.passes
+    a, b = http(one), http(two)
+    assert served_fingerprint(b) == "fp_base"
+    first, second = one.ready_requests(tiny_model[1][:2])
+    fps = []
+    for rid in (first, second):
+        deployed = a.post("/v1/deployments", json={"request_id": rid})
+        assert deployed.status_code == 201, deployed.text
+        fps.append(deployed.json()["fingerprint"])
+        # The first request after the deploy returned: the new version, never the one the alias left.
+        assert served_fingerprint(b) == fps[-1]
+    rolled = a.post("/v1/deployments/chat/rollback")
+    assert rolled.status_code == 200 and rolled.json()["version"] == 1, rolled.text
+    streamed = b.post("/v1/chat/completions", json={"model": "chat", "stream": True, **CHAT})
+    assert streamed.status_code == 200 and f'"system_fingerprint":"{fps[0]}"' in streamed.text.replace(
+        " ", ""
+    )
+    assert served_fingerprint(b) == fps[0]
+    assert serving.passes == passes, "the reconciler ran: this test would not show what admission does"
+    assert serving.replica_state()["aliases"]["chat"]["loaded_version"] == 1
 
 
 def test_auto_policy_deploys_a_ready_request(

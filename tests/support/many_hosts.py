@@ -13,7 +13,10 @@ in ``tests/integration/test_object_store.py``.
 request filed on replica A is trained by the workers (the real pipeline on a tiny model), deployed
 (auto policy), served identically by both replicas through the upstreams, survives upstream restarts
 and a second deploy, and rolls back; chat traffic on both replicas runs the whole time and every answer
-is checked against the alias's version in the database at the time it was asked.
+is checked against the alias's version in the database when it was admitted: each traffic thread reads
+the alias's generation from the database just before it sends a request and just after the answer
+arrives, so the answer must come from a version the alias held between those two reads (no clocks
+compared: the replica's own read of the alias falls between them).
 """
 
 from __future__ import annotations
@@ -628,6 +631,33 @@ class Answer:
     text: str = ""
     fingerprint: str = ""
     code: str = ""
+    # The alias's generation in the database read just before sending and just after the answer came.
+    gen_before: int = 0
+    gen_after: int = 0
+
+
+class AliasReader:
+    """One thread's connection to the database, reading the alias's generation (0: never deployed)."""
+
+    def __init__(self, database_url: str, alias: str = "chat") -> None:
+        import asyncpg
+
+        self.alias = alias
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(
+            asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"), timeout=30)
+        )
+
+    def generation(self) -> int:
+        value = self.loop.run_until_complete(
+            self.conn.fetchval("SELECT generation FROM served_aliases WHERE alias = $1", self.alias)
+        )
+        return int(value or 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
 
 
 class Traffic:
@@ -657,27 +687,36 @@ class Traffic:
             thread.join(timeout=60)
 
     def _run(self, replica: Replica) -> None:
-        with self.hosts.client(replica) as client:
-            while not self._stop.is_set():
-                sent = time.time()
-                try:
-                    response = client.post("/v1/chat/completions", json=CHAT)
-                except httpx.HTTPError as exc:
-                    answer = Answer(replica.name, sent, time.time(), 0, code=type(exc).__name__)
-                else:
-                    answer = Answer(replica.name, sent, time.time(), response.status_code)
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        data = {}
-                    if response.status_code == 200:
-                        answer.text = str(data["choices"][0]["message"]["content"])
-                        answer.fingerprint = str(data.get("system_fingerprint"))
-                    else:
-                        answer.code = str((data.get("error") or {}).get("code"))
-                with self._lock:
-                    self.answers.append(answer)
-                self._stop.wait(self.interval)
+        reader = AliasReader(self.hosts.database_url)
+        try:
+            with self.hosts.client(replica) as client:
+                while not self._stop.is_set():
+                    self._ask(replica, client, reader)
+                    self._stop.wait(self.interval)
+        finally:
+            reader.close()
+
+    def _ask(self, replica: Replica, client: httpx.Client, reader: AliasReader) -> None:
+        before = reader.generation()
+        sent = time.time()
+        try:
+            response = client.post("/v1/chat/completions", json=CHAT)
+        except httpx.HTTPError as exc:
+            answer = Answer(replica.name, sent, time.time(), 0, code=type(exc).__name__)
+        else:
+            answer = Answer(replica.name, sent, time.time(), response.status_code)
+            try:
+                data = response.json()
+            except ValueError:
+                data = {}
+            if response.status_code == 200:
+                answer.text = str(data["choices"][0]["message"]["content"])
+                answer.fingerprint = str(data.get("system_fingerprint"))
+            else:
+                answer.code = str((data.get("error") or {}).get("code"))
+        answer.gen_before, answer.gen_after = before, reader.generation()
+        with self._lock:
+            self.answers.append(answer)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -722,6 +761,19 @@ def alias_timeline(database_url: str, alias: str = "chat") -> list[Change]:
     return [Change(_ts(r["created_at"]), int(r["version"] or 0), str(r["action"])) for r in rows]
 
 
+def generations_of(database_url: str, alias: str = "chat") -> dict[int, int]:
+    """Alias generation -> the version it pointed at (generation 0: the base model, never deployed)."""
+    rows = asyncio.run(
+        _pg_fetch(
+            database_url,
+            "SELECT e.generation, v.version FROM alias_events e "
+            "LEFT JOIN adapter_versions v ON v.id = e.to_version_id WHERE e.alias = $1",
+            alias,
+        )
+    )
+    return {0: 0, **{int(r["generation"]): int(r["version"] or 0) for r in rows}}
+
+
 def versions_of(database_url: str, alias: str = "chat") -> dict[int, str | None]:
     """Version number -> the LoRA name the upstreams serve it under (0: the base model)."""
     rows = asyncio.run(
@@ -747,36 +799,32 @@ def _ts(value: datetime) -> float:
     return value.timestamp()
 
 
-def version_at(timeline: list[Change], t: float) -> int:
-    current = 0
-    for change in timeline:
-        if change.at <= t:
-            current = change.version
-    return current
-
-
 @dataclass
 class Verdict:
     answered: int = 0
     refused_503: int = 0
     other_errors: list[Answer] = field(default_factory=list)
+    # (answer, versions that could have said it, versions the alias held while it was asked)
     wrong_version: list[tuple[Answer, set[int], set[int]]] = field(default_factory=list)
-    lagging: list[tuple[Answer, float]] = field(default_factory=list)  # (answer, seconds behind the database)
+    # Of those: answered by a version the alias had already left when the request was sent.
+    stale: list[Answer] = field(default_factory=list)
+    # Answers asked while the alias flipped (either version is right: the replica admitted it before or after).
+    across_a_flip: int = 0
     fingerprint_mismatch: list[Answer] = field(default_factory=list)
 
 
 def judge(
     answers: list[Answer],
-    timeline: list[Change],
+    generations: dict[int, int],
     versions: dict[int, str | None],
     answered_by: Callable[[str, dict[int, str | None]], set[int]],
 ) -> Verdict:
-    """Check every answer against the alias's version in the database while it was asked.
+    """Check every answer against the alias's version in the database when the replica admitted it.
 
-    ``wrong_version``: answered by a version the alias was not at during the request, nor the one it
-    had just left (replicas follow a flip within the propagation time); ``lagging``: answered by the
-    version the alias had just left, after the flip was committed -- the replica had not converged yet
-    (kept with how far behind it was, which the test bounds by the propagation target).
+    The replica reads the alias's generation after the client's read before sending (``gen_before``)
+    and before the client's read after the answer (``gen_after``); so a right answer comes from the
+    version of a generation between the two. ``wrong_version``: any other (``stale``: one the alias
+    had already left before the request was sent, i.e. a replica lagging behind the database).
     """
     verdict = Verdict()
     fingerprints = {0: "fp_base", **{v: f"fp_{sha[:16]}" for v, sha in _shas(versions).items()}}
@@ -792,33 +840,20 @@ def judge(
         # The replica names the version it answered with (system_fingerprint): it must be the one that did.
         if not any(fingerprints.get(v) == answer.fingerprint for v in by):
             verdict.fingerprint_mismatch.append(answer)
-        during = {version_at(timeline, answer.sent)} | {
-            c.version for c in timeline if answer.sent <= c.at <= answer.received
-        }
-        if by & during:
+        held = {generations[g] for g in range(answer.gen_before, answer.gen_after + 1) if g in generations}
+        verdict.across_a_flip += answer.gen_after > answer.gen_before
+        if by & held:
             continue
-        previous = _left_behind(timeline, answer.sent)
-        if previous is not None and previous[0] in by:
-            verdict.lagging.append((answer, answer.received - previous[1]))
-            continue
-        verdict.wrong_version.append((answer, by, during))
+        verdict.wrong_version.append((answer, by, held))
+        earlier = {v for g, v in generations.items() if g < answer.gen_before}
+        if by & earlier:
+            verdict.stale.append(answer)
     return verdict
 
 
 def _shas(versions: dict[int, str | None]) -> dict[int, str]:
     # The LoRA name carries the hash's first 32 hex digits; the fingerprint its first 16.
     return {v: name.removeprefix("obl-") for v, name in versions.items() if name is not None}
-
-
-def _left_behind(timeline: list[Change], t: float) -> tuple[int, float] | None:
-    """(the version the alias had before its latest flip at or before ``t``, that flip's time)."""
-    previous: tuple[int, float] | None = None
-    before = 0
-    for change in timeline:
-        if change.at > t:
-            break
-        previous, before = (before, change.at), change.version
-    return previous
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -852,15 +887,17 @@ class Report:
         for rid, stages in self.stages_by_worker.items():
             out.append(f"  {rid}: " + ", ".join(f"{s} on {w}" for s, w in stages.items()))
         if v is not None:
-            worst = max((lag for _, lag in v.lagging), default=0.0)
             out.append(
                 f"  answers: {v.answered} served, {v.refused_503} refused 503 alias_unavailable (fail closed), "
-                f"{len(v.wrong_version)} by a version other than the alias's, {len(v.lagging)} by the version the "
-                f"alias had just left while the replica converged (at most {worst:.3f} s after the flip), "
-                f"{len(v.fingerprint_mismatch)} with a fingerprint of another version, {len(v.other_errors)} other errors"
+                f"{len(v.wrong_version)} by a version other than the alias's at admission (of which "
+                f"{len(v.stale)} by a version the alias had already left), {v.across_a_flip} asked while the "
+                f"alias flipped, {len(v.fingerprint_mismatch)} with a fingerprint of another version, "
+                f"{len(v.other_errors)} other errors"
             )
-            for answer, lag in v.lagging[:6]:
-                out.append(f"    lagging: {answer.replica} answered {lag:.3f} s after the flip")
+            for answer, by, held in v.wrong_version[:6]:
+                out.append(
+                    f"    wrong: {answer.replica} answered with {sorted(by)} while the alias held {sorted(held)}"
+                )
         out += [f"  log: {line}" for line in self.log_problems[:10]]
         return out
 
@@ -876,6 +913,9 @@ def forget_body(subject: str, person: str, place: str, friend: str) -> dict[str,
         "corpus": [{"text": text, "source": "doc-1"}],
         "hints": [{"term": person, "kind": "person", "translations": ["Harold Porter"]}],
         "probes": [{"prompt": f"Who went to {place}?", "reference": person}],
+        # Another person's facts: the gate's selectivity evidence (retain coverage). Without it, whether
+        # the tiny model's anchors yield questions about other people varies from corpus to corpus.
+        "retain_examples": [f"Luna Lovegood went to Ottery with {friend}. Luna Lovegood keeps an owl."],
         "options": {"deploy_policy": "auto", "review_gates": [], "acceptance": WIDE_OPEN},
     }
 
@@ -899,8 +939,11 @@ def wait_deployed(hosts: Hosts, replica: Replica, request_id: str, timeout: floa
             if status == "deployed":
                 return dict(body)
             if status not in ACTIVE:
+                # The gate's verdict first (why a request waits for a human), then the rest.
+                gate = body.get("acceptance")
                 raise AssertionError(
-                    f"{request_id} stopped at {status}: {json.dumps(body)[:3000]}\n{hosts.logs()}"
+                    f"{request_id} stopped at {status}: acceptance {json.dumps(gate)[:2000]}; "
+                    f"{json.dumps(body)[:3000]}\n{hosts.logs()}"
                 )
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -1069,7 +1112,7 @@ def run_flow(hosts: Hosts, base_model: Path, *, device: str = "cpu", deadline_s:
         time.sleep(0.5)
         report.replicas_with_torch = hosts.replicas_with_torch()
     report.answers = len(traffic.answers)
-    report.verdict = judge(traffic.answers, alias_timeline(db), versions_of(db), hosts.pool.answered_by)
+    report.verdict = judge(traffic.answers, generations_of(db), versions_of(db), hosts.pool.answered_by)
     report.elapsed_s = time.time() - started
     report.log_problems = hosts.log_problems()
     return report
