@@ -30,8 +30,8 @@ LogFormat = Literal["text", "json"]
 LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"
-#: Loggers whose INFO lines are chatter at start-up: only shown when the level is DEBUG.
-CHATTY_LOGGERS: Final = ("alembic",)
+#: Loggers whose INFO lines are chatter (start-up, every HTTP call): only shown when the level is DEBUG.
+CHATTY_LOGGERS: Final = ("alembic", "httpx", "httpcore")
 
 #: The forget request the current HTTP request or job is about (None: none).
 request_id_var: ContextVar[str | None] = ContextVar("obliviate_request_id", default=None)
