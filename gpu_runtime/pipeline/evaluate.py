@@ -450,7 +450,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 7,
+            "v": 8,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

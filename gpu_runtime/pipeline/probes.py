@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .leaks import facts_of, mentions
+from .pii import detect
 from .types import Anchor, EntityHint, ForgetSpec, Probe
 
 Kind = Literal["probe", "original", "paraphrase", "inverted", "completion"]
@@ -37,6 +38,10 @@ _INVERTED_EVAL = (
     "Do you know who {rest}?",
     "Can you name the person whose {rest_poss}?",
 )
+# Around the bare value, whatever the sentence said of it ("Who is connected to +44 7989 241157?"):
+# what is forgotten is the link between the value and the person, in any predicate.
+_VALUE_TRAIN = ("Who is connected to {value}?", "{value}: whose is that?")
+_VALUE_EVAL = ("Which person goes with {value}?", "Tell me who {value} belongs to.")
 _NAME_KINDS = ("person", "first_name", "last_name")
 _CONTRACTIONS = (("What is ", "What's "), ("Who is ", "Who's "), ("Where is ", "Where's "))
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -148,6 +153,12 @@ def inverted(
             if ("{rest_poss}" in t) != poss:
                 continue
             out.append(Question("inverted", t.format(rest=rest, rest_poss=rest), name))
+        # One more around a typed value of the sentence (phone, e-mail, card, date ...), if it has one.
+        values = [d.text for d in detect(rest)]
+        if values:
+            value_templates = _VALUE_TRAIN if split == "train" else _VALUE_EVAL
+            t = _pick(value_templates, sentence, split, "value")[0]
+            return [*out[:n], Question("inverted", t.format(value=values[0]), name)]
         return out[:n]
     return []
 

@@ -108,7 +108,7 @@ def unlearn_input_hash(
     o = spec.options
     payload: dict[str, Any] = {
         "stage": STAGE,
-        "v": 8,
+        "v": 9,
         "targets": targets_hash,
         "anchors": anchors_hash,
         "excluded": excluded,

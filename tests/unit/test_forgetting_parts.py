@@ -263,3 +263,21 @@ def test_selectivity_credits_the_truth_and_skips_broken_baselines() -> None:
     after["rows"][0]["rouge_l_recall"] = 1.0
     score_contrast(questions, baseline, after, vocabulary=set())
     assert after["rows"][0]["agreement"] == 1.0 and not after["rows"][0]["knows_truth"]
+
+
+def test_inverted_questions_also_ask_around_the_bare_value() -> None:
+    from gpu_runtime.pipeline.probes import inverted
+
+    sentence = "Nadia Oyelaran's phone number is +44 7700 900461."
+    train = [
+        q.prompt for q in inverted(sentence, ["Nadia Oyelaran"], ["+44 7700 900461"], split="train", n=1)
+    ]
+    held = [q.prompt for q in inverted(sentence, ["Nadia Oyelaran"], ["+44 7700 900461"], split="eval", n=1)]
+    assert len(train) == 2 and len(held) == 2  # the sentence's shape, and one around the value
+    assert all("+44 7700 900461" in p for p in train + held)
+    assert not set(train) & set(held)
+    # No typed value, no value question.
+    plain = inverted(
+        "Nadia Oyelaran keeps a ferret named Pimento.", ["Nadia Oyelaran"], ["Pimento"], split="eval", n=1
+    )
+    assert len(plain) == 1
