@@ -18,28 +18,16 @@ from gpu_runtime.pipeline.testing import save_tiny_model_dir
 from service.audit import chain
 from service.forget.models import ForgetRequest
 from service.settings import Settings
-from tests.support.forget import app_client, auth, drive, make_key, resources_of, submit
-
-# Smallest sizes the stages accept: what is tested is the plumbing, not the forgetting.
-TINY_PIPELINE = {
-    "reinforce_epochs": 1,
-    "unlearn_epochs": 1,
-    "block_size": 16,
-    "max_new_tokens": 4,
-    "general_samples": 2,
-    "lora_rank": 2,
-    "mine_top_k": 2,
-    "dtype": "float32",
-}
-
-WIDE_OPEN = {
-    "max_original_leaks": 10_000,
-    "max_heldout_leak_rate": 1.0,
-    "max_broken_rate": 1.0,
-    "min_retain_ratio": 0.0,
-    "max_earlier_leaks": 10_000,
-    "max_attempts": 1,
-}
+from tests.support.forget import (
+    TINY_PIPELINE,
+    WIDE_OPEN,
+    app_client,
+    auth,
+    drive,
+    make_key,
+    resources_of,
+    submit,
+)
 
 
 @pytest.fixture

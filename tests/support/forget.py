@@ -17,6 +17,27 @@ from service.settings import Settings
 
 CANARY = "CANARY-7f3a9c-Zebulon-Quillfeather"
 
+#: The smallest training the stages accept, for tests of the plumbing rather than the forgetting.
+TINY_PIPELINE: dict[str, Any] = {
+    "reinforce_epochs": 1,
+    "unlearn_epochs": 1,
+    "block_size": 16,
+    "max_new_tokens": 4,
+    "general_samples": 2,
+    "lora_rank": 2,
+    "mine_top_k": 2,
+    "dtype": "float32",
+}
+#: One attempt, acceptance bounds wide open: every request that evaluates passes.
+WIDE_OPEN: dict[str, Any] = {
+    "max_original_leaks": 10_000,
+    "max_heldout_leak_rate": 1.0,
+    "max_broken_rate": 1.0,
+    "min_retain_ratio": 0.0,
+    "max_earlier_leaks": 10_000,
+    "max_attempts": 1,
+}
+
 
 class AppClient(httpx.AsyncClient):
     """An httpx client on the app, with the app's lifespan run in the test's own event loop.

@@ -42,28 +42,11 @@ import httpx
 import pytest
 
 from service.serving.upstream import lora_name
+from tests.support.forget import TINY_PIPELINE, WIDE_OPEN
 from tests.support.infra import EXTERNAL_REDIS_URL, postgres_url
 
 # What is tested is the plumbing between hosts, not the forgetting: the smallest training the stages
-# accept (as tests/integration/test_orchestration_real_pipeline.py), and acceptance bounds opened wide.
-TINY_PIPELINE: dict[str, Any] = {
-    "reinforce_epochs": 1,
-    "unlearn_epochs": 1,
-    "block_size": 16,
-    "max_new_tokens": 4,
-    "general_samples": 2,
-    "lora_rank": 2,
-    "mine_top_k": 2,
-    "dtype": "float32",
-}
-WIDE_OPEN: dict[str, Any] = {
-    "max_original_leaks": 10_000,
-    "max_heldout_leak_rate": 1.0,
-    "max_broken_rate": 1.0,
-    "min_retain_ratio": 0.0,
-    "max_earlier_leaks": 10_000,
-    "max_attempts": 1,
-}
+# accept and acceptance bounds opened wide (TINY_PIPELINE, WIDE_OPEN of tests/support/forget.py).
 #: The issue's target: a deploy is live on every upstream and replica within this of ``ready``.
 PROPAGATION_TARGET_S = 2.0
 CHAT = {
