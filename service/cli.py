@@ -11,6 +11,7 @@ import importlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,11 +173,31 @@ def prepared_service(settings: Settings) -> Iterator[Settings]:
         try:
             yield served
         finally:
+            unwinding.set()
             supervisor.stop()
 
 
+#: Set when a command's clean-up has begun (the SIGTERM retry below stops then).
+unwinding = threading.Event()
+_sigterm_retry = threading.Event()
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Python drops an exception a signal handler raises while a finaliser or a weakref callback runs
+    # ("Exception ignored in: <function _collection_gced>", SQLAlchemy's): the main thread would go on
+    # as if nothing had happened. So the signal is raised in the main thread again, once a second,
+    # until the clean-up has begun.
+    if not _sigterm_retry.is_set() and not unwinding.is_set():
+        _sigterm_retry.set()
+        threading.Thread(target=_retry_sigterm, args=(signum,), name="sigterm-retry", daemon=True).start()
     raise SystemExit(128 + signum)
+
+
+def _retry_sigterm(signum: int) -> None:
+    import _thread
+
+    while not unwinding.wait(1.0):
+        _thread.interrupt_main(signum)
 
 
 def run_server(

@@ -113,6 +113,9 @@ def running_service(settings: Settings) -> Iterator[str]:
                 time.sleep(0.1)
             yield f"http://{served.host}:{served.port}"
         finally:
+            from service.cli import unwinding
+
+            unwinding.set()  # a SIGTERM that started this clean-up is not raised again (service/cli.py)
             server.should_exit = True
             thread.join(timeout=30)
 
