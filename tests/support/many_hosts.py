@@ -1005,6 +1005,33 @@ def check_same_answers(hosts: Hosts, version: int, versions: dict[int, str | Non
     return {"text": seen[0][0], "fingerprint": seen[0][1]}
 
 
+def deployed_everywhere(
+    hosts: Hosts,
+    traffic: Traffic,
+    report: Report,
+    db: str,
+    request_id: str,
+    watched_on: Replica,
+    version: int,
+    deadline_s: float,
+) -> dict[int, str | None]:
+    """Wait for ``request_id`` to deploy as ``version``, measure how long after ``ready`` every replica
+    and upstream served it, check both replicas answer alike; returns the versions' adapter names."""
+    wait_deployed(hosts, watched_on, request_id, timeout=deadline_s)
+    traffic.interval = 0.02
+    ready = ready_at(db, request_id)
+    versions = versions_of(db)
+    live = wait_live_everywhere(hosts, traffic, version, versions, since=ready)
+    flip = alias_timeline(db)[-1]
+    assert flip.version == version
+    label = f"deploy v{version} (from ready)"
+    report.propagation_s[label] = live - ready
+    report.from_commit_s[label] = live - flip.at
+    report.stages_by_worker[request_id] = stages_by_worker(hosts, request_id)
+    check_same_answers(hosts, version, versions)
+    return versions
+
+
 def run_flow(hosts: Hosts, base_model: Path, *, device: str = "cpu", deadline_s: float = 240.0) -> Report:
     """The scenario (see the module docstring); returns the measurements, asserting along the way."""
     started = time.time()
@@ -1024,17 +1051,7 @@ def run_flow(hosts: Hosts, base_model: Path, *, device: str = "cpu", deadline_s:
 
         # 1. A request filed on replica A, trained by the workers, deployed by the auto policy.
         first = file_request(hosts, a, forget_body("Harry Example", "Harry Potter", "Hogwarts", "Ron"))
-        wait_deployed(hosts, b, first, timeout=deadline_s)
-        traffic.interval = 0.02
-        ready = ready_at(db, first)
-        versions = versions_of(db)
-        live = wait_live_everywhere(hosts, traffic, 1, versions, since=ready)
-        flip = alias_timeline(db)[-1]
-        assert flip.version == 1
-        report.propagation_s["deploy v1 (from ready)"] = live - ready
-        report.from_commit_s["deploy v1 (from ready)"] = live - flip.at
-        report.stages_by_worker[first] = stages_by_worker(hosts, first)
-        check_same_answers(hosts, 1, versions)
+        versions = deployed_everywhere(hosts, traffic, report, db, first, b, 1, deadline_s)
         traffic.interval = 0.1
 
         # 2. An upstream restarts empty: the reconcilers re-warm it; meanwhile answers come from v1 or 503.
@@ -1069,17 +1086,7 @@ def run_flow(hosts: Hosts, base_model: Path, *, device: str = "cpu", deadline_s:
             hosts, b, forget_body("Hermione Example", "Hermione Granger", "Hogsmeade", "Neville")
         )
         traffic.interval = 0.25
-        wait_deployed(hosts, a, second, timeout=deadline_s)
-        traffic.interval = 0.02
-        ready = ready_at(db, second)
-        versions = versions_of(db)
-        live = wait_live_everywhere(hosts, traffic, 2, versions, since=ready)
-        flip = alias_timeline(db)[-1]
-        assert flip.version == 2
-        report.propagation_s["deploy v2 (from ready)"] = live - ready
-        report.from_commit_s["deploy v2 (from ready)"] = live - flip.at
-        report.stages_by_worker[second] = stages_by_worker(hosts, second)
-        check_same_answers(hosts, 2, versions)
+        versions = deployed_everywhere(hosts, traffic, report, db, second, a, 2, deadline_s)
 
         # 4. Roll back on replica A: both replicas serve v1 again.
         with hosts.client(a) as client:
