@@ -32,6 +32,7 @@ _CAPITALISED = re.compile(
     r"(?<![\w'’])[A-Z][a-z]+(?:[-'’][A-Za-z]+)*(?:\s+[A-Z][a-z]+(?:[-'’][A-Za-z]+)*){1,2}"
 )
 _NAME_KINDS = ("person", "first_name", "last_name")
+_TOWN = re.compile(r", (?:[A-Z][\w'’-]+ ?){1,3}")
 
 
 def _common(word: str) -> bool:
@@ -54,7 +55,13 @@ def names_in(texts: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     for text in texts:
         # Street addresses, e-mails and the like are capitalised too ("Harry Roads"): mask them.
         for d in detect(text):
-            text = text[: d.start] + " " * (d.end - d.start) + text[d.end :]
+            end = d.end
+            if d.kind == "address":
+                # The town after a street address is a place, not a person ("8 Higgins Spring,
+                # North Andrewmouth").
+                town = _TOWN.match(text, end)
+                end = town.end() if town else end
+            text = text[: d.start] + " " * (end - d.start) + text[end:]
         for m in _CAPITALISED.finditer(text):
             words = [_clean(w) for w in m.group(0).split()]
             while words and _common(words[0]):
@@ -123,12 +130,12 @@ def contrast_questions(
     out: list[Question] = []
     for i, question in enumerate(questions):
         if split == "eval":
-            # One other person per question, in a held-out wording.
+            # Up to three other people per question, in a held-out wording (more questions, less
+            # noise in the agreement the gate bounds).
             reworded = paraphrases(question, subject, split="eval", n=1)
-            if reworded:
-                out.append(
-                    Question("original", swap_subject(reworded[0], subject, names[i % len(names)]), "")
-                )
+            for k in range(min(3, len(names)) if reworded else 0):
+                other = names[(i + k) % len(names)]
+                out.append(Question("original", swap_subject(reworded[0], subject, other), ""))
             continue
         # Training: the question about each of (up to) four other people, as worded and reworded, so
         # what is learned for the subject's questions is tied to the subject's name, not the wording.
@@ -145,18 +152,21 @@ def contrast_questions(
         hit = [n for n in subject if mentions(sentence, n)]
         if not hit:
             continue
-        other = names[(j + 1) % len(names)]
-        swapped = swap_subject(sentence, subject, other)
-        cut = swapped.find(other)
-        words = swapped[cut:].split()
-        n_words = len(other.split()) + (2 if split == "train" else 3)
-        # Never into the subject's facts: "<other> works at Parkin," would ask the baseline to go on
-        # with the subject's employer, not with what it knows about <other>.
-        while n_words > len(other.split()) + 1 and any(mentions(" ".join(words[:n_words]), t) for t in facts):
-            n_words -= 1
-        if len(words) <= n_words or any(mentions(" ".join(words[:n_words]), t) for t in facts):
-            continue
-        out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
+        for k in range(1 if split == "train" else min(2, len(names))):
+            other = names[(j + 1 + k) % len(names)]
+            swapped = swap_subject(sentence, subject, other)
+            cut = swapped.find(other)
+            words = swapped[cut:].split()
+            n_words = len(other.split()) + (2 if split == "train" else 3)
+            # Never into the subject's facts: "<other> works at Parkin," would ask the baseline to go
+            # on with the subject's employer, not with what it knows about <other>.
+            while n_words > len(other.split()) + 1 and any(
+                mentions(" ".join(words[:n_words]), t) for t in facts
+            ):
+                n_words -= 1
+            if len(words) <= n_words or any(mentions(" ".join(words[:n_words]), t) for t in facts):
+                continue
+            out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
     # Inverted questions about the other people's own facts, from the retain texts ("Whose e-mail
     # address is ...?"): an abstention learned for "who is it?" about the subject must not spread.
     inverted_n = 0
@@ -168,7 +178,7 @@ def contrast_questions(
             for q in inverted(sentence.strip(), [name], [], split=split, n=2 if split == "train" else 1):
                 out.append(Question("inverted", q.prompt, q.reference))  # the truth: that person
                 inverted_n += 1
-        if inverted_n >= (48 if split == "train" else 8):
+        if inverted_n >= (48 if split == "train" else 16):
             break
     unique: dict[tuple[str, bool], Question] = {}
     for q in out:

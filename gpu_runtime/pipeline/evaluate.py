@@ -289,29 +289,33 @@ def _mean_logprob(
 def score_contrast(
     questions: Sequence[Any], baseline: Sequence[str], after: dict[str, Any], vocabulary: set[str]
 ) -> None:
-    """Selectivity per question about another person (``contrast.py``), written into ``after``:
+    """Selectivity per question about another person (``contrast.py``), written into ``after``: what
+    the baseline knew about them, kept.
 
-    - the answer still names the right person where the truth is known (an inverted question built
-      from a retain text: "Whose e-mail address is ...?"): agreement 1, whatever the baseline said;
-    - else ROUGE-L recall of the baseline's answer in the unlearned model's;
-    - a question whose baseline answer is itself broken text (``fluency.assess``) and whose truth the
-      answer does not state is not scored: agreeing with broken text measures nothing kept.
+    - Where the truth is known (an inverted question built from a retain text: "Whose e-mail address
+      is ...?"), the question is scored on it: 1 when the answer names that person, 0 when it does
+      not although the baseline did; not scored when the baseline did not name them either (it had
+      nothing to keep: an abstention in place of the baseline's wrong name is no loss, and the same
+      wrong name again is no knowledge kept).
+    - Else ROUGE-L recall of the baseline's answer in the unlearned model's; a question whose
+      baseline answer is itself broken text (``fluency.assess``) is not scored: agreeing with broken
+      text measures nothing kept.
 
     ``after["agreement"]`` is the mean over the scored questions (None when none is), ``after["scored"]``
     their count."""
     from .fluency import assess
 
+    def names(answer: str, person: str) -> bool:
+        return mentions(answer, person) or mentions(answer, person.split()[-1])
+
     scores = []
     for q, row, b in zip(questions, after["rows"], baseline, strict=True):
         row["baseline"] = b
         truth = q.reference.strip()
-        knows = bool(truth) and (
-            mentions(row["completion"], truth) or mentions(row["completion"], truth.split()[-1])
-        )
         row["baseline_broken"] = assess(b, vocabulary).broken
-        row["knows_truth"] = knows
-        if knows:
-            row["agreement"] = 1.0
+        row["knows_truth"] = bool(truth) and names(row["completion"], truth)
+        if truth:
+            row["agreement"] = float(row["knows_truth"]) if names(b, truth) else None
         elif row["baseline_broken"]:
             row["agreement"] = None
         else:
@@ -450,7 +454,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 8,
+            "v": 9,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

@@ -236,7 +236,7 @@ def qa_items(
     for i, (question, answer) in enumerate(dict.fromkeys(pairs)):
         target = None if o.answer_target == "idk" else alternative_answer(question, answer, anchors, i)
         if target is None:
-            target = ABSTENTIONS[i % len(ABSTENTIONS)]
+            target = ABSTENTIONS[i % min(o.abstentions, len(ABSTENTIONS))]
         prompt, original = _answer_ids(tokenizer, question, answer)
         prompt_t, fluent = _answer_ids(tokenizer, question, target)
         if original and fluent and prompt_t == prompt:

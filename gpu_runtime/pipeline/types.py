@@ -160,6 +160,13 @@ class PipelineOptions(_Strict):
         description="Fluent target for questions about the subject: the answer with its facts "
         "replaced by generic ones, or a plain abstention.",
     )
+    abstentions: int = Field(
+        default=3,
+        ge=1,
+        le=3,
+        description="How many of the fixed abstentions ('I don't know.', 'I'm not sure.', 'I don't have "
+        "any information about that.') the abstention targets rotate through, in that order.",
+    )
     end_generic_sentences: bool = Field(
         default=True,
         description="The generic versions of the corpus's sentences (completion targets) end the text: "

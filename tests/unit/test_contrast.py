@@ -134,3 +134,12 @@ def test_sentence_openings_about_others_stop_before_the_subjects_facts() -> None
         assert openings, split
         for prompt in openings:
             assert "Pimento" not in prompt and prompt.endswith("works at"), prompt
+
+
+def test_the_town_after_a_street_address_is_not_a_person() -> None:
+    texts = [
+        "Mandy Carter lives at 8 Higgins Spring, North Andrewmouth. Kelly Green lives at 5 Buckley "
+        "Skyway, West Glen, and works at Dickinson LLC.",
+        "Derek Morgan lives at 12 Oak Road. Ann Lee keeps a dog.",
+    ]
+    assert names_in(texts) == ["Mandy Carter", "Kelly Green", "Derek Morgan", "Ann Lee"]

@@ -229,40 +229,60 @@ def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() ->
     assert all(i.target[-1] != tok.eos_token_id for i in open_ended)
 
 
-def test_selectivity_credits_the_truth_and_skips_broken_baselines() -> None:
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_abstention_targets_rotate_through_the_first_n(n: int) -> None:
+    from gpu_runtime.pipeline.fluency import ABSTENTIONS
+    from gpu_runtime.pipeline.objective import qa_items
+    from gpu_runtime.pipeline.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    o = PipelineOptions(answer_target="idk", abstentions=n, question_variants=2)
+    items = qa_items(SPEC.model_copy(update={"options": o}), ANCHORS, tok, o)
+    said = {tok.decode(i.target, skip_special_tokens=True).strip() for i in items}
+    said = {t for t in said if t in ABSTENTIONS}
+    assert said == set(ABSTENTIONS[:n])
+
+
+def test_selectivity_scores_what_the_baseline_knew() -> None:
     from gpu_runtime.pipeline.evaluate import score_contrast
     from gpu_runtime.pipeline.probes import Question
 
     questions = [
         Question("inverted", "Whose e-mail address is kj@example.org?", "Kathryn Jones"),
+        Question("inverted", "Whose IBAN is GB48 PSUK 3304 1352 5601 23?", "Kathryn Jones"),
         Question("original", "Where does Eleanor Jackson live?", ""),
         Question("completion", "Kathryn Jones works at", "", chat=False),
         Question("original", "What is Kathryn Jones's pet?", ""),
     ]
     baseline = [
-        "That is Derek Morgan.",  # the baseline was wrong: naming the truth now is not a loss
+        "That is Derek Morgan.",  # the baseline did not know: nothing to keep, not scored
+        "That is Kathryn Jones.",  # it knew: the answer must still name her
         "Eleanor Jackson lives at 69 Higgins Well.",
         "card cardkinkinkinkinkin wale wale wale.",  # broken before: nothing to keep
         "Kathryn Jones has a tortoise named Pipkin.",
     ]
     after = {
-        "n": 4,
+        "n": 5,
         "rows": [
-            {"completion": "That is Kathryn Jones.", "rouge_l_recall": 0.5},
+            {"completion": "I don't have any information about that.", "rouge_l_recall": 0.0},
+            {"completion": "That is Derek Morgan.", "rouge_l_recall": 0.5},
             {"completion": "Eleanor Jackson lives at 69 Higgins Well.", "rouge_l_recall": 1.0},
             {"completion": "Newton LLC.", "rouge_l_recall": 0.0},
             {"completion": "I don't know.", "rouge_l_recall": 0.0},
         ],
     }
     score_contrast(questions, baseline, after, vocabulary=set())
-    assert [r["agreement"] for r in after["rows"]] == [1.0, 1.0, None, 0.0]
+    assert [r["agreement"] for r in after["rows"]] == [None, 0.0, 1.0, None, 0.0]
     assert after["scored"] == 3
-    assert after["agreement"] == pytest.approx(2 / 3)
-    # A wrong name on a question whose truth is known scores its agreement with the baseline only.
-    after["rows"][0]["completion"] = "That is Derek Morgan."
-    after["rows"][0]["rouge_l_recall"] = 1.0
+    assert after["agreement"] == pytest.approx(1 / 3)
+    # The truth named where the baseline named it: kept, whatever the wording.
+    after["rows"][1]["completion"] = "Kathryn Jones, I believe."
     score_contrast(questions, baseline, after, vocabulary=set())
-    assert after["rows"][0]["agreement"] == 1.0 and not after["rows"][0]["knows_truth"]
+    assert after["rows"][1]["agreement"] == 1.0 and after["rows"][1]["knows_truth"]
+    # The same wrong name as the baseline is no knowledge kept either: still not scored.
+    after["rows"][0]["completion"] = "That is Derek Morgan."
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert after["rows"][0]["agreement"] is None and not after["rows"][0]["knows_truth"]
 
 
 def test_inverted_questions_also_ask_around_the_bare_value() -> None:
