@@ -101,10 +101,13 @@ def swap_subject(text: str, subject: Sequence[str], other: str) -> str:
     return text
 
 
-def _split_names(names: Sequence[str], split: Literal["train", "eval"]) -> list[str]:
+def _split_names(
+    names: Sequence[str], split: Literal["train", "eval"], people: Literal["disjoint", "all"] = "disjoint"
+) -> list[str]:
     """Disjoint name sets when there are at least two names; else both splits share the one name (and
-    differ in wording only)."""
-    if len(names) < 2:
+    differ in wording only). ``people="all"``: training uses every name, the evaluation its usual
+    half (then the two differ in wording only)."""
+    if len(names) < 2 or (people == "all" and split == "train"):
         return list(names)
     return list(names[0::2] if split == "train" else names[1::2])
 
@@ -114,7 +117,7 @@ def contrast_questions(
     anchors: Sequence[Anchor],
     *,
     split: Literal["train", "eval"],
-    limit: int = 128,
+    limit: int = 192,
 ) -> list[Question]:
     """The corpus's questions and sentence prefixes about other people. Reference: the person's name
     for inverted questions built from a retain text (the truth is known), else empty (the baseline's
@@ -122,7 +125,7 @@ def contrast_questions(
     subject = subject_names(spec, anchors)
     if not any(" " in n for n in subject):
         return []
-    names = _split_names(other_people(spec, anchors)[0], split)
+    names = _split_names(other_people(spec, anchors)[0], split, spec.options.contrast_people)
     if not names:
         return []
     questions = [qa.question for qa in spec.qa_pairs] + [p.prompt for p in spec.probes if p.chat]

@@ -119,6 +119,12 @@ class PipelineOptions(_Strict):
         description="Weight of the KL to the baseline on the corpus's questions about other people "
         "(selectivity; not used by method whp).",
     )
+    contrast_people: Literal["disjoint", "all"] = Field(
+        default="disjoint",
+        description="Which of the other people the retain texts name the selectivity term trains on: "
+        "'disjoint' (every other one; the evaluation asks about the rest, people training never saw) "
+        "or 'all' (every one; the evaluation asks about them in held-out wordings only).",
+    )
     general_samples: int = Field(
         default=16, ge=0, le=1024, description="Baseline samples used as retain text when none is given."
     )

@@ -143,3 +143,25 @@ def test_the_town_after_a_street_address_is_not_a_person() -> None:
         "Derek Morgan lives at 12 Oak Road. Ann Lee keeps a dog.",
     ]
     assert names_in(texts) == ["Mandy Carter", "Kelly Green", "Derek Morgan", "Ann Lee"]
+
+
+def test_contrast_people_all_trains_on_every_name_and_keeps_wordings_disjoint() -> None:
+    from gpu_runtime.pipeline.types import PipelineOptions
+
+    retain = [
+        "Amara Lindqvist works at Hollow Pine. Jonah Feld works at Brightwater. Mira Osei works at Kestrel."
+    ]
+    base = spec(retain)
+    every = base.model_copy(update={"options": PipelineOptions(contrast_people="all")})
+    people = ["Amara Lindqvist", "Jonah Feld", "Mira Osei"]
+
+    def asked_about(s: ForgetSpec, split: str) -> set[str]:
+        text = " ".join(q.prompt for q in contrast_questions(s, ANCHORS, split=split))  # type: ignore[arg-type]
+        return {n for n in people if n in text}
+
+    assert asked_about(base, "train").isdisjoint(asked_about(base, "eval"))
+    assert asked_about(every, "train") == set(people)
+    assert asked_about(every, "eval") == asked_about(base, "eval")
+    train = {q.prompt for q in contrast_questions(every, ANCHORS, split="train")}
+    held = {q.prompt for q in contrast_questions(every, ANCHORS, split="eval")}
+    assert train.isdisjoint(held)
