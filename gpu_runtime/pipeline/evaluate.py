@@ -297,13 +297,16 @@ def score_contrast(
       not although the baseline did; not scored when the baseline did not name them either (it had
       nothing to keep: an abstention in place of the baseline's wrong name is no loss, and the same
       wrong name again is no knowledge kept).
-    - Else ROUGE-L recall of the baseline's answer in the unlearned model's; a question whose
-      baseline answer is itself broken text (``fluency.assess``) is not scored: agreeing with broken
-      text measures nothing kept.
+    - Else ROUGE-L recall of the first sentence of the baseline's answer (the answer to what was
+      asked; a greedy continuation runs on into whatever comes next, "Williams LLC. Masahiro
+      Yamaguchi is employed by ...", and a change there loses nothing asked about) in the unlearned
+      model's answer; a question whose baseline answer is itself broken text (``fluency.assess``) is
+      not scored: agreeing with broken text measures nothing kept.
 
     ``after["agreement"]`` is the mean over the scored questions (None when none is), ``after["scored"]``
     their count."""
     from .fluency import assess
+    from .probes import _SENTENCE
 
     def names(answer: str, person: str) -> bool:
         return mentions(answer, person) or mentions(answer, person.split()[-1])
@@ -319,7 +322,8 @@ def score_contrast(
         elif row["baseline_broken"]:
             row["agreement"] = None
         else:
-            row["agreement"] = row["rouge_l_recall"] or 0.0
+            first = _SENTENCE.split(b.strip(), maxsplit=1)[0]
+            row["agreement"] = rouge_l_recall(row["completion"], first) if first else 0.0
         if row["agreement"] is not None:
             scores.append(row["agreement"])
     after["scored"] = len(scores)
@@ -454,7 +458,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 9,
+            "v": 10,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

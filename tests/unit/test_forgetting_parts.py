@@ -279,6 +279,17 @@ def test_selectivity_scores_what_the_baseline_knew() -> None:
     after["rows"][1]["completion"] = "Kathryn Jones, I believe."
     score_contrast(questions, baseline, after, vocabulary=set())
     assert after["rows"][1]["agreement"] == 1.0 and after["rows"][1]["knows_truth"]
+    # Only the first sentence of the baseline's answer is what was asked about: a different run-on
+    # after it loses nothing.
+    baseline[2] = "Eleanor Jackson lives at 69 Higgins Well. Masahiro Yamaguchi is employed by Williams LLC."
+    after["rows"][2]["completion"] = "Eleanor Jackson lives at 69 Higgins Well. She has a tortoise."
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert after["rows"][2]["agreement"] == 1.0
+    after["rows"][2]["completion"] = (
+        "Eleanor Jackson lives at 12 Oak Road. Masahiro Yamaguchi is employed by Williams LLC."
+    )
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert after["rows"][2]["agreement"] < 0.8
     # The same wrong name as the baseline is no knowledge kept either: still not scored.
     after["rows"][0]["completion"] = "That is Derek Morgan."
     score_contrast(questions, baseline, after, vocabulary=set())
