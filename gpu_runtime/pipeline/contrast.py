@@ -32,6 +32,7 @@ _CAPITALISED = re.compile(
     r"(?<![\w'’])[A-Z][a-z]+(?:[-'’][A-Za-z]+)*(?:\s+[A-Z][a-z]+(?:[-'’][A-Za-z]+)*){1,2}"
 )
 _NAME_KINDS = ("person", "first_name", "last_name")
+_COMPANY = {"inc", "llc", "ltd", "plc", "group", "co", "corp", "gmbh", "ag", "sa", "sons", "partners"}
 _TOWN = re.compile(r", (?:[A-Z][\w'’-]+ ?){1,3}")
 
 
@@ -69,6 +70,8 @@ def names_in(texts: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
             while words and _common(words[-1]):
                 words = words[:-1]
             if len(words) < 2 or any(w.lower() in banned or _common(w) for w in words):
+                continue
+            if words[-1].rstrip(".").lower() in _COMPANY:  # "Jackson Inc" is an employer
                 continue
             counts[" ".join(words)] += 1
     return [name for name, _n in counts.most_common()]

@@ -140,7 +140,7 @@ def test_the_town_after_a_street_address_is_not_a_person() -> None:
     texts = [
         "Mandy Carter lives at 8 Higgins Spring, North Andrewmouth. Kelly Green lives at 5 Buckley "
         "Skyway, West Glen, and works at Dickinson LLC.",
-        "Derek Morgan lives at 12 Oak Road. Ann Lee keeps a dog.",
+        "Derek Morgan lives at 12 Oak Road. Ann Lee keeps a dog. She works at Jackson Inc and Parker Group.",
     ]
     assert names_in(texts) == ["Mandy Carter", "Kelly Green", "Derek Morgan", "Ann Lee"]
 
