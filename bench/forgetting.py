@@ -108,15 +108,27 @@ def _stop(proc: subprocess.Popen[Any], grace: float = 40.0) -> None:
         proc.wait(timeout=10)
 
 
-def build_model(data: DataSet, out: Path, include_heldout: bool) -> tuple[Path, float]:
-    """``obliviate build-demo-model`` on the demo world plus the people (cached by content hash)."""
+def build_model(
+    data: DataSet, out: Path, include_heldout: bool, width: int | None = None, layers: int | None = None
+) -> tuple[Path, float]:
+    """``obliviate build-demo-model`` on the demo world plus the people (cached by content hash);
+    ``width``/``layers``: a larger model than the demo's default (128 wide, 2 layers)."""
     corpus = out / f"corpus-seed{data.seed}-{data.fingerprint()}{'' if include_heldout else '-orig'}.jsonl"
     corpus.parent.mkdir(parents=True, exist_ok=True)
     lines = data.base_corpus_lines(include_heldout)
     corpus.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     t0 = time.perf_counter()
     result = subprocess.run(
-        [*_obliviate(), "build-demo-model", "--corpus", str(corpus), "--cache-dir", str(out / "models")],
+        [
+            *_obliviate(),
+            "build-demo-model",
+            "--corpus",
+            str(corpus),
+            "--cache-dir",
+            str(out / "models"),
+            *(["--width", str(width)] if width else []),
+            *(["--layers", str(layers)] if layers else []),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "OBLIVIATE_LOG_LEVEL": "WARNING"},
@@ -468,7 +480,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     retain_people = [p.name for p in data.people[args.subjects :]]
     _say(f"seed {seed}: {len(data.people)} people, {len(subjects)} subject(s), data {data.fingerprint()}")
 
-    model_dir, build_s = build_model(data, args.out, include_heldout=not args.originals_only_in_base)
+    model_dir, build_s = build_model(
+        data,
+        args.out,
+        include_heldout=not args.originals_only_in_base,
+        width=args.model_width,
+        layers=args.model_layers,
+    )
     _say(f"base model {model_dir} ({build_s:.0f} s)")
     forget_qs = {s: data.questions_about(s) for s in subjects}
     retain_qs = [q for name in retain_people for q in data.questions_about(name)]
@@ -694,6 +712,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=REPO / "bench" / "out" / "forgetting", help="corpus and model cache"
     )
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--model-width", type=int, default=None, help="base model hidden size (default 128)")
+    ap.add_argument("--model-layers", type=int, default=None, help="base model layers (default 2)")
     ap.add_argument(
         "--originals-only-in-base",
         action="store_true",

@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("options", nargs="*", default=["{}"], help="JSON pipeline option sets to compare")
     ap.add_argument("--seed", type=int, default=0, help="data/model seed (bench/_people.py)")
     ap.add_argument("--people", type=int, default=6)
+    ap.add_argument("--model-width", type=int, default=None, help="base model hidden size (default 128)")
+    ap.add_argument("--model-layers", type=int, default=None, help="base model layers (default 2)")
     ap.add_argument("--out", default="bench/out", help="where the base model is cached")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument(
@@ -105,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     data = generate(args.people, args.seed)
-    model_dir, _ = build_model(data, Path(args.out), True)
+    model_dir, _ = build_model(data, Path(args.out), True, args.model_width, args.model_layers)
     rows = []
     with tempfile.TemporaryDirectory(prefix="obliviate-ablation-") as tmp:
         root = args.keep or Path(tmp)

@@ -284,14 +284,33 @@ class _ProgressBar:
     default=None,
     help="Model cache (default: $OBLIVIATE_MODEL_CACHE or ~/.cache/obliviate/models).",
 )
-def build_demo_model_command(out: Path | None, corpus: Path | None, cache_dir: Path | None) -> None:
+@click.option(
+    "--width",
+    type=click.IntRange(32, 1024),
+    default=None,
+    help="Hidden size (default 128; a multiple of the 4 heads' size). Larger: slower, more capable.",
+)
+@click.option("--layers", type=click.IntRange(1, 24), default=None, help="Transformer layers (default 2).")
+def build_demo_model_command(
+    out: Path | None, corpus: Path | None, cache_dir: Path | None, width: int | None, layers: int | None
+) -> None:
     """Build (or fetch from cache) the small demo chat model; no downloads."""
-    from gpu_runtime.demo.build import build_demo_model
+    from dataclasses import replace
 
+    from gpu_runtime.demo.build import build_demo_model
+    from gpu_runtime.demo.model import DemoModelConfig
+
+    cfg = DemoModelConfig()
+    try:
+        cfg = replace(cfg, n_embd=width or cfg.n_embd, n_layer=layers or cfg.n_layer)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--width/--layers") from exc
     started = time.perf_counter()
     try:
         with _ProgressBar("demo model") as bar:
-            path = build_demo_model(out_dir=out, corpus=corpus, cache_dir=cache_dir, progress=bar)
+            path = build_demo_model(
+                out_dir=out, corpus=corpus, cache_dir=cache_dir, progress=bar, model_config=cfg
+            )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"demo model ready at {path} ({time.perf_counter() - started:.1f} s)")
