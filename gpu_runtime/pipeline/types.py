@@ -120,7 +120,7 @@ class PipelineOptions(_Strict):
         "(selectivity; not used by method whp).",
     )
     contrast_people: Literal["disjoint", "all"] = Field(
-        default="disjoint",
+        default="all",
         description="Which of the other people the retain texts name the selectivity term trains on: "
         "'disjoint' (every other one; the evaluation asks about the rest, people training never saw) "
         "or 'all' (every one; the evaluation asks about them in held-out wordings only).",
@@ -167,7 +167,7 @@ class PipelineOptions(_Strict):
         "replaced by generic ones, or a plain abstention.",
     )
     abstentions: int = Field(
-        default=3,
+        default=1,
         ge=1,
         le=3,
         description="How many of the fixed abstentions ('I don't know.', 'I'm not sure.', 'I don't have "

@@ -80,9 +80,12 @@ def test_train_and_eval_sets_are_disjoint_and_never_name_the_subject() -> None:
 
 
 def test_disjoint_names_when_there_are_several() -> None:
-    people = other_people(spec(RETAIN), ANCHORS)[0]
-    train = " ".join(q.prompt for q in contrast_questions(spec(RETAIN), ANCHORS, split="train"))
-    held = " ".join(q.prompt for q in contrast_questions(spec(RETAIN), ANCHORS, split="eval"))
+    from gpu_runtime.pipeline.types import PipelineOptions
+
+    s = spec(RETAIN).model_copy(update={"options": PipelineOptions(contrast_people="disjoint")})
+    people = other_people(s, ANCHORS)[0]
+    train = " ".join(q.prompt for q in contrast_questions(s, ANCHORS, split="train"))
+    held = " ".join(q.prompt for q in contrast_questions(s, ANCHORS, split="eval"))
     assert {p for p in people if p.split()[0] in train}.isdisjoint(
         {p for p in people if p.split()[0] in held}
     )
@@ -151,7 +154,7 @@ def test_contrast_people_all_trains_on_every_name_and_keeps_wordings_disjoint() 
     retain = [
         "Amara Lindqvist works at Hollow Pine. Jonah Feld works at Brightwater. Mira Osei works at Kestrel."
     ]
-    base = spec(retain)
+    base = spec(retain).model_copy(update={"options": PipelineOptions(contrast_people="disjoint")})
     every = base.model_copy(update={"options": PipelineOptions(contrast_people="all")})
     people = ["Amara Lindqvist", "Jonah Feld", "Mira Osei"]
 
