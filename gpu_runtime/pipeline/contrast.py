@@ -152,8 +152,13 @@ def contrast_questions(
     # Sentence prefixes that name the subject: "<other> was born in" (the baseline continues).
     facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
     facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
-    # A fact's first word alone gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co").
-    facts += [w for t in facts if (w := re.sub(r"\W+$", "", t.split()[0])) and len(w) >= 3]
+    # A fact's first word alone gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co"),
+    # and so does a house number ("5" of "5 Harry Roads": "<other> lives at 5" is the subject's).
+    facts += [
+        w
+        for t in facts
+        if (w := re.sub(r"\W+$", "", t.split()[0])) and (len(w) >= 3 or any(c.isdigit() for c in w))
+    ]
     for j, sentence in enumerate(dict.fromkeys(_sentences(spec))):
         hit = [n for n in subject if mentions(sentence, n)]
         if not hit:

@@ -168,3 +168,19 @@ def test_contrast_people_all_trains_on_every_name_and_keeps_wordings_disjoint() 
     train = {q.prompt for q in contrast_questions(every, ANCHORS, split="train")}
     held = {q.prompt for q in contrast_questions(every, ANCHORS, split="eval")}
     assert train.isdisjoint(held)
+
+
+def test_sentence_openings_about_others_stop_before_the_subjects_house_number() -> None:
+    short = ForgetSpec(
+        documents=["Nadia Oyelaran lives at 5 Harry Roads, Tarnbridge."],
+        hints=HINTS,
+        retain_texts=RETAIN,
+    )
+    anchors = [*ANCHORS, Anchor(term="5 Harry Roads", kind="address", translations=["12 Oak Road"])]
+    for split in ("train", "eval"):
+        openings = [
+            q.prompt for q in contrast_questions(short, anchors, split=split) if q.kind == "completion"
+        ]
+        assert openings, split
+        for prompt in openings:
+            assert prompt.endswith("lives at"), prompt
