@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gpu_runtime.pipeline.contrast import (
     contrast_questions,
     names_in,
@@ -123,20 +125,26 @@ def test_inverted_questions_about_the_other_peoples_own_facts() -> None:
     assert not [q for q in plain if q.kind == "inverted"]
 
 
-def test_sentence_openings_about_others_stop_before_the_subjects_facts() -> None:
-    short = ForgetSpec(
-        documents=["Nadia Oyelaran works at Pimento Foods in the old mill."],
-        hints=HINTS,
-        retain_texts=RETAIN,
-    )
-    anchors = [*ANCHORS, Anchor(term="Pimento Foods", kind="value", translations=["Acme Works"])]
+@pytest.mark.parametrize(
+    ("document", "fact", "ending"),
+    [
+        ("Nadia Oyelaran works at Pimento Foods in the old mill.", "Pimento Foods", "works at"),
+        # A house number gives the subject's address away too: "<other> lives at 5".
+        ("Nadia Oyelaran lives at 5 Harry Roads, Tarnbridge.", "5 Harry Roads", "lives at"),
+    ],
+)
+def test_sentence_openings_about_others_stop_before_the_subjects_facts(
+    document: str, fact: str, ending: str
+) -> None:
+    short = ForgetSpec(documents=[document], hints=HINTS, retain_texts=RETAIN)
+    anchors = [*ANCHORS, Anchor(term=fact, kind="value", translations=["Acme Works"])]
     for split in ("train", "eval"):
         openings = [
             q.prompt for q in contrast_questions(short, anchors, split=split) if q.kind == "completion"
         ]
         assert openings, split
         for prompt in openings:
-            assert "Pimento" not in prompt and prompt.endswith("works at"), prompt
+            assert fact.split()[0] not in prompt.split() and prompt.endswith(ending), prompt
 
 
 def test_the_town_after_a_street_address_is_not_a_person() -> None:
@@ -168,19 +176,3 @@ def test_contrast_people_all_trains_on_every_name_and_keeps_wordings_disjoint() 
     train = {q.prompt for q in contrast_questions(every, ANCHORS, split="train")}
     held = {q.prompt for q in contrast_questions(every, ANCHORS, split="eval")}
     assert train.isdisjoint(held)
-
-
-def test_sentence_openings_about_others_stop_before_the_subjects_house_number() -> None:
-    short = ForgetSpec(
-        documents=["Nadia Oyelaran lives at 5 Harry Roads, Tarnbridge."],
-        hints=HINTS,
-        retain_texts=RETAIN,
-    )
-    anchors = [*ANCHORS, Anchor(term="5 Harry Roads", kind="address", translations=["12 Oak Road"])]
-    for split in ("train", "eval"):
-        openings = [
-            q.prompt for q in contrast_questions(short, anchors, split=split) if q.kind == "completion"
-        ]
-        assert openings, split
-        for prompt in openings:
-            assert prompt.endswith("lives at"), prompt
