@@ -181,13 +181,14 @@ def decide(metrics: Mapping[str, Any], thresholds: AcceptanceThresholds | None =
 
     # Selectivity: the corpus's questions about other people (``contrast.py``) must still get the
     # baseline's answers. With neither these nor retain questions nothing shows that only the subject
-    # was forgotten: fail closed.
+    # was forgotten: fail closed, unless the policy's selectivity bound is 0 (waived: no number could
+    # fail it, so its missing evidence cannot either).
     agreement = _number(metrics, "contrast_agreement_after")
     residual["contrast_agreement"] = agreement
     residual["contrast_n"] = int(n) if (n := _number(metrics, "contrast_n")) is not None else None
     if not _number(metrics, "contrast_n"):
         skipped.append("contrast_agreement")
-        if "retain_ratio" in skipped:
+        if "retain_ratio" in skipped and t.min_retain_ratio > 0:
             fail("retain_coverage", None, t.min_retain_ratio, ["retain_rouge_after", "contrast_n"])
     elif agreement is None:
         fail("contrast_agreement", None, t.min_retain_ratio, ["contrast_agreement_after"])

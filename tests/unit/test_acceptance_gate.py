@@ -108,6 +108,8 @@ def test_questions_about_other_people_must_keep_their_answers() -> None:
     neither = passing(contrast_n=None, contrast_agreement_after=None)
     neither = {k: v for k, v in neither.items() if not k.startswith("retain_rouge")}
     assert checks(neither) == ["retain_coverage"]
+    # A policy that waives the selectivity bound (0) needs no evidence for it.
+    assert checks(neither, min_retain_ratio=0.0) == []
 
 
 def test_earlier_requests_must_stay_forgotten() -> None:
