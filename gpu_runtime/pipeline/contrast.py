@@ -89,6 +89,17 @@ def other_people(spec: ForgetSpec, anchors: Sequence[Anchor], limit: int = 16) -
     return list(dict.fromkeys(generic))[:limit], "generic"
 
 
+def _subject_facts(spec: ForgetSpec, anchors: Sequence[Anchor], numbers: bool = False) -> list[str]:
+    """The subject's fact terms (anchors and hints that are not names), plus each one's first word,
+    which gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co"). ``numbers``: a short
+    numeric first word counts as well (the house number "5" of "5 Harry Roads": "<other> lives at 5"
+    is the subject's address); not for judging answers, where a bare "5" is too common."""
+    facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
+    facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
+    firsts = [re.sub(r"\W+$", "", t.split()[0]) for t in facts]
+    return facts + [w for w in firsts if len(w) >= 3 or (numbers and any(c.isdigit() for c in w))]
+
+
 def swap_subject(text: str, subject: Sequence[str], other: str) -> str:
     """``text`` with the subject's full name, first name and last name replaced by ``other``'s."""
     full = [n for n in subject if " " in n]
@@ -150,15 +161,7 @@ def contrast_questions(
             other = names[(i + k) % len(names)]
             out.extend(Question("original", swap_subject(w, subject, other), "") for w in wordings)
     # Sentence prefixes that name the subject: "<other> was born in" (the baseline continues).
-    facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
-    facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
-    # A fact's first word alone gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co"),
-    # and so does a house number ("5" of "5 Harry Roads": "<other> lives at 5" is the subject's).
-    facts += [
-        w
-        for t in facts
-        if (w := re.sub(r"\W+$", "", t.split()[0])) and (len(w) >= 3 or any(c.isdigit() for c in w))
-    ]
+    facts = _subject_facts(spec, anchors, numbers=True)
     for j, sentence in enumerate(dict.fromkeys(_sentences(spec))):
         hit = [n for n in subject if mentions(sentence, n)]
         if not hit:
@@ -200,8 +203,4 @@ def contrast_questions(
 def subject_leak_free(answer: str, spec: ForgetSpec, anchors: Sequence[Anchor]) -> bool:
     """True when ``answer`` (the baseline's, about someone else) states none of the subject's facts
     (an anchor term that is not a name): such an answer must not be kept as a retain target."""
-    facts = [a.term for a in anchors if a.kind not in _NAME_KINDS]
-    facts += [h.term for h in spec.hints if h.kind not in _NAME_KINDS]
-    # A fact's first word alone gives it away too ("GB35" of an IBAN, "Parkin" of "Parkin and Co").
-    facts += [w for t in facts if (w := re.sub(r"\W+$", "", t.split()[0])) and len(w) >= 3]
-    return not any(mentions(answer, t) for t in facts)
+    return not any(mentions(answer, t) for t in _subject_facts(spec, anchors))
