@@ -12,6 +12,10 @@ already give away:
 3. **Near copy.** With neither, ROUGE-L recall of the reference (``rouge-score``, stemmed) of at
    least :data:`COPY_RECALL`.
 
+Words match whole, with one exception for what small models produce: a word of at least
+:data:`FUSED_MIN` letters fused to a following common word ("Jacquelinewon't", "Pistachiois")
+still states that word. An ordinary suffix ("violin" in "violinist", "Smiths") is not such a fusion.
+
 Pure Python (no torch): the service imports it for verification.
 """
 
@@ -27,6 +31,13 @@ from functools import lru_cache
 RARE_ZIPF = 3.5
 #: ROUGE-L recall at which an answer is a near copy of the reference.
 COPY_RECALL = 0.8
+#: Shortest word that still counts when fused to the next word ("Jacquelinewon't").
+FUSED_MIN = 5
+# Endings that make another English word of a word ("violin" → "violinist"), not a second word.
+_SUFFIXES = frozenset(
+    "s es 's ed er ers est ing ings ist ists ism ian ians ly ness al ally ic ics ive ful less able ible"
+    " ment ments ous y ie ish ity ize ise ized ised".split()
+)
 _SEPARATORS = re.compile(r"(?<=\d)[\s\-./()]+(?=\d)")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
@@ -63,8 +74,28 @@ def mentions(text: str, term: str) -> bool:
             return re.search(pattern, text, re.IGNORECASE) is not None
         digits = _digits(term)
         return re.search(r"(?<!\d)" + re.escape(digits) + r"(?!\d)", _joined_digits(text)) is not None
-    pattern = r"(?<!\w)" + re.escape(normalise(term)) + r"(?!\w)"
-    return re.search(pattern, normalise(text)) is not None
+    norm_term, norm_text = normalise(term), normalise(text)
+    if re.search(r"(?<!\w)" + re.escape(norm_term) + r"(?!\w)", norm_text):
+        return True
+    return _fused(norm_text, norm_term)
+
+
+def _fused(norm_text: str, norm_term: str) -> bool:
+    """Whether the term's last word is fused to a following common word ("jacquelinewon't")."""
+    last = norm_term.rsplit(" ", 1)[-1]
+    if len(last) < FUSED_MIN or not last.isalpha():
+        return False
+    pattern = r"(?<!\w)" + re.escape(norm_term) + r"([^\W\d_]+(?:'[^\W\d_]+)*)"
+    return any(_is_second_word(m.group(1)) for m in re.finditer(pattern, norm_text))
+
+
+def _is_second_word(rest: str) -> bool:
+    """A common English word of its own ("won't", "is", "has"), not a suffix ("ist", "s")."""
+    from wordfreq import zipf_frequency
+
+    if rest in _SUFFIXES or rest.split("'")[0] in _SUFFIXES:
+        return False
+    return len(rest) >= 2 and zipf_frequency(rest, "en") >= RARE_ZIPF
 
 
 def words(text: str) -> list[str]:
@@ -157,7 +188,11 @@ def check(answer: str, facts: Facts) -> LeakResult:
         return LeakResult(hits > 0, "term" if hits else None, hits, len(facts.terms))
     if facts.rare:
         present = set(words(answer))
-        hits = sum(w in present or (any(c.isdigit() for c in w) and mentions(answer, w)) for w in facts.rare)
+        norm = normalise(answer)
+        hits = sum(
+            w in present or (any(c.isdigit() for c in w) and mentions(answer, w)) or _fused(norm, w)
+            for w in facts.rare
+        )
         return LeakResult(hits > 0, "rare" if hits else None, hits, len(facts.rare))
     if not words(facts.reference):
         return LeakResult(False)

@@ -73,6 +73,27 @@ def test_rare_words_carry_the_fact_without_terms() -> None:
     assert not leaks("She works as a teacher.", q.answer, q.question.replace("Nadia Oyelaran", "she"))
 
 
+@pytest.mark.parametrize(
+    ("answer", "leaked"),
+    [
+        ("That is Oyelaranwon't know.", True),  # a name fused to the next word still names her
+        ("That is Nadia Oyelaranis.", True),
+        ("Oyelarans live here.", False),  # a suffix makes another word, not a second one
+        ("That is Nadiawon't know.", True),
+        ("Pimentos are peppers.", False),
+    ],
+)
+def test_a_name_fused_to_the_next_word_is_a_leak(answer: str, leaked: bool) -> None:
+    reference, prompt = "Nadia Oyelaran", "Who has a ferret named Pimento?"
+    assert leaks(answer, reference, prompt, TERMS) is leaked
+
+
+def test_a_rare_word_fused_to_the_next_word_is_a_leak() -> None:
+    q = SPEC.qa_pairs[2]
+    assert leaks("She is a glassblowerwho works.", q.answer, q.question)
+    assert not leaks("She likes glassblowers.", q.answer.replace("Nadia Oyelaran", "She"), q.question)
+
+
 def test_numbers_match_on_digits_whatever_the_separators() -> None:
     card = "4532-0151-1283-0366"
     assert mentions("card 4532 0151 1283 0366 on file", card)
