@@ -130,7 +130,9 @@ def test_held_out_questions_are_disjoint_from_training_and_originals() -> None:
         for q in held[kind]:
             assert q.prompt not in train_prompts and q.prompt not in originals
     assert {q.reference for q in held["inverted"]} == {"Nadia Oyelaran"}
-    assert any(q.prompt == "Do you know who has a ferret named Pimento?" for q in held["inverted"])
+    pet = [q.prompt for q in held["inverted"] if "Pimento" in q.prompt]
+    assert any("has a ferret named Pimento" in p for p in pet)  # the sentence's predicate
+    assert any("has a ferret" not in p for p in pet)  # and the bare value
     # completion prompts stop right before a fact, which is the reference
     assert any(
         q.prompt == "Nadia Oyelaran was born in" and q.reference.startswith("Tarnbridge")
@@ -328,8 +330,25 @@ def test_inverted_questions_also_ask_around_the_bare_value() -> None:
     assert len(train) == 2 and len(held) == 2  # the sentence's shape, and one around the value
     assert all("+44 7700 900461" in p for p in train + held)
     assert not set(train) & set(held)
-    # No typed value, no value question.
-    plain = inverted(
+    # A request term with a rare word is a value too; a common word alone identifies no one.
+    pet = inverted(
         "Nadia Oyelaran keeps a ferret named Pimento.", ["Nadia Oyelaran"], ["Pimento"], split="eval", n=1
     )
+    assert len(pet) == 2 and "Pimento" in pet[1].prompt and "keeps" not in pet[1].prompt
+    plain = inverted(
+        "Nadia Oyelaran keeps a dog named Pimento.", ["Nadia Oyelaran"], ["dog"], split="eval", n=1
+    )
     assert len(plain) == 1
+
+
+def test_a_sentence_that_does_not_open_with_the_name_still_gives_value_questions() -> None:
+    from gpu_runtime.pipeline.probes import inverted
+
+    names = ["Nadia Oyelaran", "Nadia", "Oyelaran"]
+    sentence = "At home Nadia looks after a ferret called Pimento."
+    for split in ("train", "eval"):
+        qs = inverted(sentence, names, ["Pimento", "Tarnbridge"], split=split, n=2)  # type: ignore[arg-type]
+        assert [q.reference for q in qs] == ["Nadia Oyelaran"]  # the full name: its parts leak too
+        assert "Pimento" in qs[0].prompt and not any(mentions(qs[0].prompt, x) for x in names)
+    # A sentence that does not name the subject is about someone else.
+    assert inverted("A neighbour has a ferret called Pimento.", names, ["Pimento"], split="eval", n=2) == []
