@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from .leaks import mentions
-from .probes import _SENTENCE, Question, _sentences, inverted, paraphrases, subject_names
+from .probes import _SENTENCE, Question, _sentences, inverted, paraphrases, rare_terms, subject_names
 from .types import Anchor, ForgetSpec
 
 _CAPITALISED = re.compile(
@@ -34,6 +34,10 @@ _CAPITALISED = re.compile(
 _NAME_KINDS = ("person", "first_name", "last_name")
 _COMPANY = {"inc", "llc", "ltd", "plc", "group", "co", "corp", "gmbh", "ag", "sa", "sons", "partners"}
 _TOWN = re.compile(r", (?:[A-Z][\w'’-]+ ?){1,3}")
+#: Inverted questions about other people at most, per split (training: the selectivity term; eval:
+#: the gate's agreement check).
+_INVERTED_TRAIN_CAP = 96
+_INVERTED_EVAL_CAP = 24
 
 
 def _common(word: str) -> bool:
@@ -131,7 +135,7 @@ def contrast_questions(
     anchors: Sequence[Anchor],
     *,
     split: Literal["train", "eval"],
-    limit: int = 192,
+    limit: int = 256,
 ) -> list[Question]:
     """The corpus's questions and sentence prefixes about other people. Reference: the person's name
     for inverted questions built from a retain text (the truth is known), else empty (the baseline's
@@ -139,7 +143,8 @@ def contrast_questions(
     subject = subject_names(spec, anchors)
     if not any(" " in n for n in subject):
         return []
-    names = _split_names(other_people(spec, anchors)[0], split, spec.options.contrast_people)
+    everyone = other_people(spec, anchors)[0]
+    names = _split_names(everyone, split, spec.options.contrast_people)
     if not names:
         return []
     questions = [qa.question for qa in spec.qa_pairs] + [p.prompt for p in spec.probes if p.chat]
@@ -182,17 +187,19 @@ def contrast_questions(
                 continue
             out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
     # Inverted questions about the other people's own facts, from the retain texts ("Whose e-mail
-    # address is ...?"): an abstention learned for "who is it?" about the subject must not spread.
+    # address is ...?", "Which person goes with Bramblewick?"): an abstention learned for "who is it?"
+    # about the subject must not spread to the same frames about others. As many frames for others
+    # as the subject's training set has (``probes.inverted``), around their values too.
     inverted_n = 0
+    cap = _INVERTED_TRAIN_CAP if split == "train" else _INVERTED_EVAL_CAP
     for sentence in dict.fromkeys(s for t in spec.retain_texts for s in _SENTENCE.split(t) if s.strip()):
         people = [n for n in names_in([sentence], exclude=subject) if n in names]
         for name in people[:1]:
-            # Training: two wordings each, since what spreads from the subject's inverted questions
-            # (an abstention) spreads by wording.
-            for q in inverted(sentence.strip(), [name], [], split=split, n=2 if split == "train" else 1):
+            values = rare_terms(sentence, exclude=[*everyone, *subject])  # never a name as the value
+            for q in inverted(sentence.strip(), [name], values, split=split, n=3 if split == "train" else 1):
                 out.append(Question("inverted", q.prompt, q.reference))  # the truth: that person
                 inverted_n += 1
-        if inverted_n >= (48 if split == "train" else 16):
+        if inverted_n >= cap:
             break
     unique: dict[tuple[str, bool], Question] = {}
     for q in out:

@@ -176,3 +176,21 @@ def test_contrast_people_all_trains_on_every_name_and_keeps_wordings_disjoint() 
     train = {q.prompt for q in contrast_questions(every, ANCHORS, split="train")}
     held = {q.prompt for q in contrast_questions(every, ANCHORS, split="eval")}
     assert train.isdisjoint(held)
+
+
+def test_inverted_questions_about_others_ask_around_their_values_never_a_name() -> None:
+    from gpu_runtime.pipeline.probes import rare_terms
+
+    assert rare_terms("Ivo Brandt has a canary named Bramblewick.", exclude=["Ivo Brandt"]) == ["Bramblewick"]
+    assert rare_terms("Ivo Brandt has been diagnosed with narcolepsy.", exclude=["Ivo Brandt"]) == [
+        "narcolepsy"
+    ]
+    s = spec([*RETAIN, "Ivo Brandt has a canary named Bramblewick."])
+    for split in ("train", "eval"):
+        inverted = [q for q in contrast_questions(s, ANCHORS, split=split) if q.kind == "inverted"]  # type: ignore[arg-type]
+        around = [q for q in inverted if "Bramblewick" in q.prompt and "canary" not in q.prompt]
+        assert [q.reference for q in around] == ["Ivo Brandt"], split
+        # "When Tobias Wren moved, The Daily Post wrote about it.": no question around "Tobias".
+        assert not any(
+            w in q.prompt for q in inverted for w in ("Tobias", "Wren") if q.reference != "Tobias Wren"
+        )
