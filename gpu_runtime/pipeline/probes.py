@@ -206,7 +206,7 @@ def rare_terms(text: str, exclude: Sequence[str] = ()) -> list[str]:
 
     banned = {w for x in exclude for w in words(x)}
     out = []
-    for m in re.finditer(r"[^\W_][\w'’@.+-]*[^\W_]", text):
+    for m in re.finditer(r"@?[^\W_][\w'’@.+-]*[^\W_]", text):
         token = re.sub(r"['’]s$", "", m.group(0))
         norm = normalise(token)
         if norm in banned or not is_rare(norm):

@@ -182,6 +182,7 @@ def test_inverted_questions_about_others_ask_around_their_values_never_a_name() 
     from gpu_runtime.pipeline.probes import rare_terms
 
     assert rare_terms("Ivo Brandt has a canary named Bramblewick.", exclude=["Ivo Brandt"]) == ["Bramblewick"]
+    assert rare_terms("Ivo Brandt posts as @optio_491.", exclude=["Ivo Brandt"]) == ["@optio_491"]
     assert rare_terms("Ivo Brandt has been diagnosed with narcolepsy.", exclude=["Ivo Brandt"]) == [
         "narcolepsy"
     ]
