@@ -196,7 +196,11 @@ def contrast_questions(
         people = [n for n in names_in([sentence], exclude=subject) if n in names]
         for name in people[:1]:
             values = rare_terms(sentence, exclude=[*everyone, *subject])  # never a name as the value
-            for q in inverted(sentence.strip(), [name], values, split=split, n=3 if split == "train" else 1):
+            train = split == "train"
+            frames = spec.options.value_frames if train else 1  # as many as the subject's training has
+            for q in inverted(
+                sentence.strip(), [name], values, split=split, n=3 if train else 1, frames=frames
+            ):
                 out.append(Question("inverted", q.prompt, q.reference))  # the truth: that person
                 inverted_n += 1
         if inverted_n >= cap:

@@ -1,7 +1,8 @@
 """The pieces of the unlearning objective beyond WHP's generic labels (see ``unlearn.py``).
 
 - ``effective_options``: the acceptance gate's escalation ladder. Level k trains longer, weighs
-  NPO and the fluent targets more, doubles the LoRA rank from level 2 and adds question variants.
+  NPO and the fluent targets more, doubles the LoRA rank from level 2, adds question variants and
+  asks each value in one more frame (``value_frames``), about the subject and about others alike.
 - ``qa_items``: every question about the subject (original + generated training variants) with its
   original answer (for NPO) and a fluent target answer: the answer with each fact the question does
   not give replaced by the anchor's generic translation, or an abstention when no replacement can
@@ -49,6 +50,7 @@ def effective_options(o: PipelineOptions) -> PipelineOptions:
             "lora_rank": min(512, o.lora_rank * (2 if k >= 2 else 1)),
             "lora_alpha": o.lora_alpha * (2 if k >= 2 else 1),
             "question_variants": min(16, o.question_variants + 2 * k),
+            "value_frames": min(4, o.value_frames + k),
             "translations_per_anchor": min(10, o.translations_per_anchor + k),
         }
     )
@@ -230,7 +232,9 @@ def qa_items(
     """Training questions about the subject with their original and fluent target answers."""
     pairs = [(qa.question, qa.answer) for qa in spec.qa_pairs]
     if o.question_variants > 0:
-        generated = question_set(spec, anchors, split="train", per_question=o.question_variants)
+        generated = question_set(
+            spec, anchors, split="train", per_question=o.question_variants, value_frames=o.value_frames
+        )
         pairs += [(q.prompt, q.reference) for q in generated]
     items = []
     for i, (question, answer) in enumerate(dict.fromkeys(pairs)):

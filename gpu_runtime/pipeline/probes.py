@@ -157,13 +157,19 @@ def _sentences(spec: ForgetSpec) -> list[str]:
 
 
 def inverted(
-    sentence: str, names: Sequence[str], terms: Sequence[str], *, split: Literal["train", "eval"], n: int
+    sentence: str,
+    names: Sequence[str],
+    terms: Sequence[str],
+    *,
+    split: Literal["train", "eval"],
+    n: int,
+    frames: int = 1,
 ) -> list[Question]:
     """Questions that give a sentence's facts and ask who it is about (the subject's name is the answer).
 
     A sentence that opens with a name gives up to ``n`` questions in its own predicate; any sentence
-    that names the subject gives one more around each of its values (a typed value, or a request term
-    with a rare word: "Pimento", "Tarnbridge"), up to :data:`_VALUES_PER_SENTENCE`."""
+    that names the subject gives ``frames`` more around each of its values (a typed value, or a request
+    term with a rare word: "Pimento", "Tarnbridge"), up to :data:`_VALUES_PER_SENTENCE` values."""
     full = [x for x in names if " " in x]
     out: list[Question] = []
     about: str | None = None
@@ -191,9 +197,9 @@ def inverted(
         if about is None:
             return []
     for value in _values(rest, names, terms)[:_VALUES_PER_SENTENCE]:
-        t = _pick(_VALUE_TRAIN if split == "train" else _VALUE_EVAL, sentence, split, value)[0]
-        text = t.format(value=value)
-        out.append(Question("inverted", text[:1].upper() + text[1:], about))
+        for t in _pick(_VALUE_TRAIN if split == "train" else _VALUE_EVAL, sentence, split, value)[:frames]:
+            text = t.format(value=value)
+            out.append(Question("inverted", text[:1].upper() + text[1:], about))
     return out
 
 
@@ -257,6 +263,7 @@ def question_set(
     *,
     split: Literal["train", "eval"],
     per_question: int = 2,
+    value_frames: int = 1,
     limit: int = 400,
 ) -> list[Question]:
     """Generated questions of ``split`` (training: paraphrases + inverted; evaluation: the same kinds
@@ -272,7 +279,7 @@ def question_set(
     for sentence in dict.fromkeys(_sentences(spec)):
         out.extend(
             q
-            for q in inverted(sentence, names, terms, split=split, n=per_question)
+            for q in inverted(sentence, names, terms, split=split, n=per_question, frames=value_frames)
             if q.prompt not in originals
         )
     if split == "eval":
@@ -291,7 +298,7 @@ def evaluation_probes(spec: ForgetSpec, anchors: Sequence[Anchor]) -> dict[Kind,
     by_kind: dict[Kind, list[Question]] = {k: [] for k in KINDS}
     by_kind["probe"] = [Question("probe", p.prompt, p.reference, p.chat) for p in spec.probes]
     by_kind["original"] = [Question("original", qa.question, qa.answer) for qa in spec.qa_pairs]
-    train = {q.prompt for q in question_set(spec, anchors, split="train", per_question=8)}
+    train = {q.prompt for q in question_set(spec, anchors, split="train", per_question=8, value_frames=4)}
     for q in question_set(spec, anchors, split="eval"):
         if q.prompt not in train:
             by_kind[q.kind].append(q)

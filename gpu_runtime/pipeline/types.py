@@ -187,6 +187,13 @@ class PipelineOptions(_Strict):
         le=16,
         description="Generated paraphrased and inverted questions per fact, for training.",
     )
+    value_frames: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="Training frames per value for inverted questions around a bare value ('Who is "
+        "connected to <value>?'), about the subject and, alike, about other people.",
+    )
     max_ppl_ratio: float = Field(
         default=8.0, gt=1, description="An answer is broken if the base model finds it this much less likely."
     )

@@ -226,7 +226,9 @@ def test_escalation_trains_harder_and_stays_bounded() -> None:
         assert higher.unlearn_epochs >= lower.unlearn_epochs
         assert higher.npo_weight > lower.npo_weight
         assert higher.lora_rank >= lower.lora_rank
+        assert higher.value_frames >= lower.value_frames
     assert levels[-1].unlearn_epochs <= 100 and levels[-1].lora_rank <= 512
+    assert [lv.value_frames for lv in [base, *levels]] == [1, 2, 3, 4, 4, 4]  # one more frame a level
 
 
 def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() -> None:
@@ -352,3 +354,17 @@ def test_a_sentence_that_does_not_open_with_the_name_still_gives_value_questions
         assert "Pimento" in qs[0].prompt and not any(mentions(qs[0].prompt, x) for x in names)
     # A sentence that does not name the subject is about someone else.
     assert inverted("A neighbour has a ferret called Pimento.", names, ["Pimento"], split="eval", n=2) == []
+
+
+def test_value_frames_ask_each_value_in_that_many_training_frames() -> None:
+    from gpu_runtime.pipeline.probes import inverted
+
+    sentence = "At home Nadia looks after a ferret called Pimento."
+    names = ["Nadia Oyelaran", "Nadia", "Oyelaran"]
+    one = inverted(sentence, names, ["Pimento"], split="train", n=2)
+    three = inverted(sentence, names, ["Pimento"], split="train", n=2, frames=3)
+    assert len(one) == 1 and len(three) == 3 and one[0] in three
+    assert len({q.prompt for q in three}) == 3 and all("Pimento" in q.prompt for q in three)
+    held = evaluation_probes(SPEC, ANCHORS)["inverted"]
+    train = {q.prompt for q in question_set(SPEC, ANCHORS, split="train", value_frames=4)}
+    assert not train & {q.prompt for q in held}
