@@ -1,8 +1,8 @@
 """The pieces of the unlearning objective beyond WHP's generic labels (see ``unlearn.py``).
 
 - ``effective_options``: the acceptance gate's escalation ladder. Level k trains longer, weighs
-  NPO and the fluent targets more, doubles the LoRA rank from level 2, adds question variants and
-  asks each value in one more frame (``value_frames``), about the subject and about others alike.
+  NPO and the fluent targets more, doubles the LoRA rank from level 2 and adds question variants.
+  It does not add value frames (``value_frames``): on the bench that let a leaking adapter pass.
 - ``qa_items``: every question about the subject (original + generated training variants) with its
   original answer (for NPO) and a fluent target answer: the answer with each fact the question does
   not give replaced by the anchor's generic translation, or an abstention when no replacement can
@@ -50,7 +50,6 @@ def effective_options(o: PipelineOptions) -> PipelineOptions:
             "lora_rank": min(512, o.lora_rank * (2 if k >= 2 else 1)),
             "lora_alpha": o.lora_alpha * (2 if k >= 2 else 1),
             "question_variants": min(16, o.question_variants + 2 * k),
-            "value_frames": min(4, o.value_frames + k),
             "translations_per_anchor": min(10, o.translations_per_anchor + k),
         }
     )

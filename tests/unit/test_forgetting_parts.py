@@ -226,9 +226,8 @@ def test_escalation_trains_harder_and_stays_bounded() -> None:
         assert higher.unlearn_epochs >= lower.unlearn_epochs
         assert higher.npo_weight > lower.npo_weight
         assert higher.lora_rank >= lower.lora_rank
-        assert higher.value_frames >= lower.value_frames
     assert levels[-1].unlearn_epochs <= 100 and levels[-1].lora_rank <= 512
-    assert [lv.value_frames for lv in [base, *levels]] == [1, 2, 3, 4, 4, 4]  # one more frame a level
+    assert {lv.value_frames for lv in levels} == {1}  # measured: more frames let a leaking adapter pass
 
 
 def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() -> None:
