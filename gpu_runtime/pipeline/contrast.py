@@ -191,13 +191,13 @@ def contrast_questions(
     # about the subject must not spread to the same frames about others. As many frames for others
     # as the subject's training set has (``probes.inverted``), around their values too.
     inverted_n = 0
-    cap = _INVERTED_TRAIN_CAP if split == "train" else _INVERTED_EVAL_CAP
+    train = split == "train"
+    cap = _INVERTED_TRAIN_CAP if train else _INVERTED_EVAL_CAP
+    frames = spec.options.value_frames if train else 1  # as many as the subject's training has
     for sentence in dict.fromkeys(s for t in spec.retain_texts for s in _SENTENCE.split(t) if s.strip()):
         people = [n for n in names_in([sentence], exclude=subject) if n in names]
         for name in people[:1]:
             values = rare_terms(sentence, exclude=[*everyone, *subject])  # never a name as the value
-            train = split == "train"
-            frames = spec.options.value_frames if train else 1  # as many as the subject's training has
             for q in inverted(
                 sentence.strip(), [name], values, split=split, n=3 if train else 1, frames=frames
             ):

@@ -35,7 +35,7 @@ COPY_RECALL = 0.8
 FUSED_MIN = 5
 # Endings that make another English word of a word ("violin" → "violinist"), not a second word.
 _SUFFIXES = frozenset(
-    "s es 's ed er ers est ing ings ist ists ism ian ians ly ness al ally ic ics ive ful less able ible"
+    "s es ed er ers est ing ings ist ists ism ian ians ly ness al ally ic ics ive ful less able ible"
     " ment ments ous y ie ish ity ize ise ized ised".split()
 )
 _SEPARATORS = re.compile(r"(?<=\d)[\s\-./()]+(?=\d)")
@@ -89,6 +89,7 @@ def _fused(norm_text: str, norm_term: str) -> bool:
     return any(_is_second_word(m.group(1)) for m in re.finditer(pattern, norm_text))
 
 
+@lru_cache(maxsize=65536)
 def _is_second_word(rest: str) -> bool:
     """A common English word of its own ("won't", "is", "has"), not a suffix ("ist", "s")."""
     from wordfreq import zipf_frequency

@@ -193,9 +193,9 @@ def inverted(
         break
     if about is None:
         # Not opening with a name: only value questions, when the sentence names the subject.
-        about = next((x for x in [*full, *names] if any(mentions(sentence, y) for y in names)), None)
-        if about is None:
+        if not any(mentions(sentence, x) for x in names):
             return []
+        about = (full or names)[0]
     for value in _values(rest, names, terms)[:_VALUES_PER_SENTENCE]:
         for t in _pick(_VALUE_TRAIN if split == "train" else _VALUE_EVAL, sentence, split, value)[:frames]:
             text = t.format(value=value)
@@ -227,9 +227,7 @@ def _values(text: str, names: Sequence[str], terms: Sequence[str]) -> list[str]:
     """The values ``text`` states that are not the subject's names, in order: typed values first,
     then request terms with a rare word (a common word alone, "teacher", identifies no one)."""
     typed = [d.text for d in detect(text)]
-    found = [
-        t for t in terms if t not in names and mentions(text, t) and (facts_of(t, "").rare or t in typed)
-    ]
+    found = [t for t in terms if t not in names and mentions(text, t) and facts_of(t, "").rare]
     found.sort(key=lambda t: normalise(text).find(normalise(t)))
     out = [v for v in dict.fromkeys([*typed, *found]) if not any(mentions(v, x) for x in names)]
     # A term inside a longer value ("Leeds" of "12 Oak Road, Leeds") is the same value.
@@ -298,7 +296,10 @@ def evaluation_probes(spec: ForgetSpec, anchors: Sequence[Anchor]) -> dict[Kind,
     by_kind: dict[Kind, list[Question]] = {k: [] for k in KINDS}
     by_kind["probe"] = [Question("probe", p.prompt, p.reference, p.chat) for p in spec.probes]
     by_kind["original"] = [Question("original", qa.question, qa.answer) for qa in spec.qa_pairs]
-    train = {q.prompt for q in question_set(spec, anchors, split="train", per_question=8, value_frames=4)}
+    train = {
+        q.prompt
+        for q in question_set(spec, anchors, split="train", per_question=8, value_frames=len(_VALUE_TRAIN))
+    }
     for q in question_set(spec, anchors, split="eval"):
         if q.prompt not in train:
             by_kind[q.kind].append(q)
