@@ -33,6 +33,8 @@ _CAPITALISED = re.compile(
 )
 _NAME_KINDS = ("person", "first_name", "last_name")
 _COMPANY = {"inc", "llc", "ltd", "plc", "group", "co", "corp", "gmbh", "ag", "sa", "sons", "partners"}
+_ARTICLES = {"The", "A", "An"}
+_AFTER_ARTICLE = re.compile(r"(?<![\w'’])(?:[Tt]he|[Aa]n?)\s+$")
 _TOWN = re.compile(r", (?:[A-Z][\w'’-]+ ?){1,3}")
 #: Inverted questions about other people at most, per split (training: the selectivity term; eval:
 #: the gate's agreement check).
@@ -69,6 +71,9 @@ def names_in(texts: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
             text = text[: d.start] + " " * (end - d.start) + text[end:]
         for m in _CAPITALISED.finditer(text):
             words = [_clean(w) for w in m.group(0).split()]
+            # A title ("the song The Midnight River", "A Quiet Harbour"), not a person.
+            if words[0] in _ARTICLES or _AFTER_ARTICLE.search(text, 0, m.start()):
+                continue
             while words and _common(words[0]):
                 words = words[1:]
             while words and _common(words[-1]):
@@ -157,14 +162,16 @@ def contrast_questions(
             reworded = paraphrases(question, subject, split="eval", n=1)
             for k in range(min(3, len(names)) if reworded else 0):
                 other = names[(i + k) % len(names)]
-                out.append(Question("original", swap_subject(reworded[0], subject, other), ""))
+                out.append(Question("original", swap_subject(reworded[0], subject, other), "", about=other))
             continue
         # Training: the question about each of (up to) four other people, as worded and reworded, so
         # what is learned for the subject's questions is tied to the subject's name, not the wording.
         wordings = [question, *paraphrases(question, subject, split="train", n=1)]
         for k in range(min(4, len(names))):
             other = names[(i + k) % len(names)]
-            out.extend(Question("original", swap_subject(w, subject, other), "") for w in wordings)
+            out.extend(
+                Question("original", swap_subject(w, subject, other), "", about=other) for w in wordings
+            )
     # Sentence prefixes that name the subject: "<other> was born in" (the baseline continues).
     facts = _subject_facts(spec, anchors, numbers=True)
     for j, sentence in enumerate(dict.fromkeys(_sentences(spec))):
@@ -185,7 +192,7 @@ def contrast_questions(
                 n_words -= 1
             if len(words) <= n_words or any(mentions(" ".join(words[:n_words]), t) for t in facts):
                 continue
-            out.append(Question("completion", " ".join(words[:n_words]), "", chat=False))
+            out.append(Question("completion", " ".join(words[:n_words]), "", chat=False, about=other))
     # Inverted questions about the other people's own facts, from the retain texts ("Whose e-mail
     # address is ...?", "Which person goes with Bramblewick?"): an abstention learned for "who is it?"
     # about the subject must not spread to the same frames about others. As many frames for others

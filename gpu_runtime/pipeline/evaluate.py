@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .artifacts import Reporter, atomic_dir, hash_json, is_done, skipped_result
-from .leaks import leaks, mentions, rouge_l_recall
+from .leaks import leaks, mentions, rouge_l_recall, words
 from .types import CancelFn, ForgetSpec, LLMOptions, Probe, ProgressFn, StageResult
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ STAGE = "evaluate"
 DIR = "evaluate"
 #: Fewest scored tokens for the perplexity check of an answer's fluency.
 MIN_PPL_TOKENS = 3
+#: A word of a baseline answer about another person below this Zipf frequency is content ("baker",
+#: "snow"), at or above it grammar or a word every answer has ("water", "people").
+_GROUNDING_ZIPF = 5.0
 GENERAL_PROMPTS = (
     "Tell me about the weather today.",
     "What is a good way to learn a new language?",
@@ -286,8 +289,34 @@ def _mean_logprob(
     return sum(keep) / len(keep) if len(keep) >= MIN_PPL_TOKENS else None
 
 
+def _grounded(answer: str, prompt: str, person: str, known: Sequence[str]) -> bool:
+    """Whether ``answer`` (the baseline's, about ``person``) states something the request's retain
+    texts say about them: a word of it that is neither common English nor in the question nor the
+    person's name occurs in a retain sentence that names them (full or last name). An answer with no
+    such word ("Snow is frozen water.", "Smon.") shows nothing the baseline knew about the person."""
+    from wordfreq import zipf_frequency
+
+    def content(text: str) -> set[str]:
+        return {
+            w
+            for w in words(text)
+            if any(c.isdigit() for c in w) or (len(w) >= 3 and zipf_frequency(w, "en") < _GROUNDING_ZIPF)
+        }
+
+    mine = content(answer) - set(words(prompt)) - set(words(person))
+    if not mine:
+        return False
+    # The full name: a last name alone is a whole family in a world of relatives ("Figueiredo").
+    theirs = set().union(*(content(s) for s in known if mentions(s, person)))
+    return bool(mine & theirs)
+
+
 def score_contrast(
-    questions: Sequence[Any], baseline: Sequence[str], after: dict[str, Any], vocabulary: set[str]
+    questions: Sequence[Any],
+    baseline: Sequence[str],
+    after: dict[str, Any],
+    vocabulary: set[str],
+    known: Sequence[str] = (),
 ) -> None:
     """Selectivity per question about another person (``contrast.py``), written into ``after``: what
     the baseline knew about them, kept.
@@ -301,7 +330,12 @@ def score_contrast(
       asked; a greedy continuation runs on into whatever comes next, "Williams LLC. Masahiro
       Yamaguchi is employed by ...", and a change there loses nothing asked about) in the unlearned
       model's answer; a question whose baseline answer is itself broken text (``fluency.assess``) is
-      not scored: agreeing with broken text measures nothing kept.
+      not scored: agreeing with broken text measures nothing kept. With ``known`` (the sentences of
+      the request's retain texts and retain probes), neither is a question whose baseline answer
+      states nothing those sentences say about the person asked about (:func:`_grounded`): a tiny
+      model asked what it never learned answers with unrelated text ("Who is X's mother?" → "Snow
+      is frozen water."), and changing that loses nothing the baseline knew. Without ``known``
+      (other people from generic names) every fluent baseline answer counts, as before.
 
     ``after["agreement"]`` is the mean over the scored questions (None when none is), ``after["scored"]``
     their count."""
@@ -323,7 +357,12 @@ def score_contrast(
             row["agreement"] = None
         else:
             first = _SENTENCE.split(b.strip(), maxsplit=1)[0]
-            row["agreement"] = rouge_l_recall(row["completion"], first) if first else 0.0
+            about = getattr(q, "about", "")
+            row["grounded"] = not (known and about) or _grounded(first, q.prompt, about, known)
+            if not row["grounded"]:
+                row["agreement"] = None
+            else:
+                row["agreement"] = rouge_l_recall(row["completion"], first) if first else 0.0
         if row["agreement"] is not None:
             scores.append(row["agreement"])
     after["scored"] = len(scores)
@@ -443,6 +482,7 @@ def evaluate(
     """Compare baseline and unlearned model on every probe kind; write the report."""
     from .anchors import load_anchors
     from .contrast import contrast_questions, other_people
+    from .probes import _SENTENCE
     from .fluency import vocabulary_of
     from .models import attach_adapter, load_baseline, load_tokenizer
     from .probes import KINDS, Question, evaluation_probes, stand_ins
@@ -458,7 +498,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 10,
+            "v": 11,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],
@@ -541,7 +581,13 @@ def evaluate(
             base = greedy_complete(model, tokenizer, asked, o.max_new_tokens)
         refs = [Probe(prompt=p.prompt, reference=b, chat=p.chat) for p, b in zip(asked, base, strict=True)]
         after = probe_metrics(model, tokenizer, refs, terms, o.max_new_tokens)
-        score_contrast(contrast, base, after, vocabulary)
+        known = [
+            s.strip()
+            for t in [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
+            for s in _SENTENCE.split(t)
+            if s.strip()
+        ]
+        score_contrast(contrast, base, after, vocabulary, known)
         report["contrast"] = {"source": other_people(spec, anchors.anchors)[1], "after": after}
     if spec.earlier_probes:
         rep.check()

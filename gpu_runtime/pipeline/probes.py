@@ -79,6 +79,8 @@ class Question:
     prompt: str
     reference: str
     chat: bool = True
+    #: The person a question about someone else asks about (``contrast.py``); empty otherwise.
+    about: str = ""
 
     def probe(self) -> Probe:
         return Probe(prompt=self.prompt, reference=self.reference, chat=self.chat)

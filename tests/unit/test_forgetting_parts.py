@@ -320,6 +320,39 @@ def test_selectivity_scores_what_the_baseline_knew() -> None:
     assert after["rows"][0]["agreement"] is None and not after["rows"][0]["knows_truth"]
 
 
+def test_selectivity_scores_only_answers_grounded_in_the_retain_texts() -> None:
+    from gpu_runtime.pipeline.evaluate import score_contrast
+    from gpu_runtime.pipeline.probes import Question
+
+    known = [
+        "Solveig Sandberg's best friend is Gustaf Holmgren.",
+        "Solveig Sandberg works as a glassblower.",
+        "Ana Sandberg keeps bees.",  # another Sandberg: nothing about Solveig
+    ]
+    questions = [
+        Question("original", "Who is Solveig Sandberg's mother?", "", about="Solveig Sandberg"),
+        Question("completion", "Solveig Sandberg's best friend is", "", chat=False, about="Solveig Sandberg"),
+        Question("original", "What does Solveig Sandberg do?", "", about="Solveig Sandberg"),
+        Question("original", "What does Ivo Brandt do?", ""),  # no person recorded: scored as before
+        Question("original", "What does Solveig Sandberg keep?", "", about="Solveig Sandberg"),
+    ]
+    baseline = [
+        "Snow is frozen water and shallow puddles.",  # nothing the retain texts say about her
+        "Gustaf Holmgren.",
+        "Solveig Sandberg works as a glassblower.",
+        "Ivo Brandt keeps bees.",
+        "Solveig Sandberg keeps bees.",  # bees are Ana Sandberg's, not hers
+    ]
+    after = {"n": 5, "rows": [{"completion": "I don't know."} for _ in questions]}
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert [r["grounded"] for r in after["rows"]] == [False, True, True, True, False]
+    assert [r["agreement"] for r in after["rows"]] == [None, 0.0, 0.0, 0.0, None]
+    assert after["scored"] == 3
+    # Without the retain texts (other people from generic names) every fluent answer counts.
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert after["scored"] == 5
+
+
 def test_inverted_questions_also_ask_around_the_bare_value() -> None:
     from gpu_runtime.pipeline.probes import inverted
 
