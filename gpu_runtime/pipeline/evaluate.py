@@ -482,10 +482,9 @@ def evaluate(
     """Compare baseline and unlearned model on every probe kind; write the report."""
     from .anchors import load_anchors
     from .contrast import contrast_questions, other_people
-    from .probes import _SENTENCE
     from .fluency import vocabulary_of
     from .models import attach_adapter, load_baseline, load_tokenizer
-    from .probes import KINDS, Question, evaluation_probes, stand_ins
+    from .probes import _SENTENCE, KINDS, Question, evaluation_probes, stand_ins
     from .unlearn import retain_texts, unlearn_output
 
     rep = Reporter(STAGE, progress, should_cancel)
