@@ -116,6 +116,37 @@ def _answer_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
     return prompt, full[len(prompt) :]
 
 
+#: A lower-case replacement word must be at least this common in English (``wordfreq`` Zipf): "weaver"
+#: (3.6) is a word, "uy" (2.3) a fragment.
+REPLACEMENT_MIN_ZIPF = 3.0
+#: Continuations the baseline offers per fact (beam search) before falling back to a translation.
+REPLACEMENT_BEAMS = 4
+
+
+def fits(term: str, replacement: str) -> bool:
+    """Whether ``replacement`` can stand where the fact ``term`` stood: words of the same shape (a
+    number for a number, capitalised words for a name, place or title, common English words for a
+    lower-case word) and no stutter ("suyyyyyy"). A tiny baseline's banned-token continuation is often
+    a fragment ("Kesmoor" → "gu", "dog" → "suyyyyyy"); trained as the fluent target, it teaches broken
+    text."""
+    from wordfreq import zipf_frequency
+
+    ws = re.findall(r"[\w'’-]+", replacement)
+    if not ws or re.search(r"(\w)\1{3,}", replacement):
+        return False
+    if any(c.isdigit() for c in term):
+        return any(c.isdigit() for c in replacement)
+    if term[:1].isupper():
+        return all(w[:1].isupper() for w in ws)
+    return all(
+        w.isalpha()
+        and w.islower()
+        and (w in ("a", "an") or len(w) >= 2)
+        and zipf_frequency(w, "en") >= REPLACEMENT_MIN_ZIPF
+        for w in ws
+    )
+
+
 @torch.no_grad()
 def generic_sentence(
     model: Any,
@@ -125,6 +156,7 @@ def generic_sentence(
     max_words: int = 6,
     typed: dict[str, str] | None = None,
     stand_in: dict[str, str] | None = None,
+    fallback: dict[str, Sequence[str]] | None = None,
 ) -> str | None:
     """``sentence`` with each fact replaced by what the baseline itself says there when the fact's
     first token is banned: a replacement in the model's own language ("works as a glassblower"),
@@ -134,11 +166,15 @@ def generic_sentence(
     address is a string of word pieces, not a value. ``stand_in``: the subject's names with generic
     ones, swapped in the context the baseline continues ("Laura Reynolds works at" for "Lorraine Reed
     works at"): asked about the subject itself, the baseline answers from memory with the subject's
-    other facts ("works at 5, 1972"), which is neither fluent nor forgotten."""
+    other facts ("works at 5, 1972"), which is neither fluent nor forgotten. Of the baseline's
+    :data:`REPLACEMENT_BEAMS` best continuations the first that :func:`fits` is used, else the first
+    of ``fallback[term]`` (the anchor's translations) that fits; with neither, None (no target: the
+    sentence is not trained towards broken text)."""
     from .translate import encode_piece, tokenize_document
 
     typed = typed or {}
     stand_in = stand_in or {}
+    fallback = fallback or {}
 
     spans = []
     for term in sorted(set(facts), key=len, reverse=True):
@@ -164,15 +200,25 @@ def generic_sentence(
             attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
             max_new_tokens=4 * n_words + 4,
             do_sample=False,
+            num_beams=REPLACEMENT_BEAMS,
+            num_return_sequences=REPLACEMENT_BEAMS,
             bad_words_ids=[[b] for b in banned],
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        text = tokenizer.decode(gen[0, len(ids) :].tolist(), skip_special_tokens=True)
-        words = re.findall(r"[\w'’-]+", text)[:n_words]
-        if not words:
+        candidates = [
+            " ".join(
+                re.findall(r"[\w'’-]+", tokenizer.decode(row[len(ids) :].tolist(), skip_special_tokens=True))[
+                    :n_words
+                ]
+            )
+            for row in gen
+        ]
+        candidates += [t for t in fallback.get(term, ()) if not mentions(t, term)]
+        chosen = next((c for c in candidates if fits(term, c)), None)
+        if chosen is None:
             return None
-        out = context + (" " if out[len(context) :] else "") + " ".join(words)
+        out = context + (" " if out[len(context) :] else "") + chosen
         pos = end
     return out + sentence[pos:]
 
@@ -200,13 +246,16 @@ def sentence_items(
     terms = [a.term for a in anchors]
     typed = {a.term: a.translations[0] for a in anchors if a.kind in TYPED_KINDS and a.translations}
     stand_in = stand_ins(spec, anchors)
+    fallback = {a.term: a.translations for a in anchors}
     subject_facts = [a.term for a in anchors if a.term not in names and not mentions(joined, a.term)]
     eos = [tokenizer.eos_token_id] if end_document and tokenizer.eos_token_id is not None else []
     items = []
     for i, sentence in enumerate(dict.fromkeys(_sentences(spec))):
         if baseline is not None:
             facts = [t for t in terms if mentions(sentence, t) and not mentions(joined, t)]
-            alt = generic_sentence(baseline, tokenizer, sentence, facts, typed=typed, stand_in=stand_in)
+            alt = generic_sentence(
+                baseline, tokenizer, sentence, facts, typed=typed, stand_in=stand_in, fallback=fallback
+            )
             # Nothing of the subject's, from this sentence or another one ("born in 1972").
             if alt is not None and (
                 leaks(alt, sentence, joined, terms) or any(mentions(alt, t) for t in subject_facts)

@@ -108,7 +108,7 @@ def unlearn_input_hash(
     o = spec.options
     payload: dict[str, Any] = {
         "stage": STAGE,
-        "v": 9,
+        "v": 10,
         "targets": targets_hash,
         "anchors": anchors_hash,
         "excluded": excluded,

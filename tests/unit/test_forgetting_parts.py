@@ -253,6 +253,45 @@ def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() ->
     assert all(i.target[-1] != tok.eos_token_id for i in open_ended)
 
 
+@pytest.mark.parametrize(
+    ("term", "replacement", "ok"),
+    [
+        ("Kesmoor", "Kingston", True),
+        ("Kesmoor", "gu", False),  # a fragment where a place stood
+        ("1960", "1959", True),
+        ("1960", "guy", False),
+        ("dog", "cat", True),
+        ("dog", "suyyyyyy", False),  # stutter
+        ("dog", "c", False),
+        ("museum curator", "music uy", False),  # "uy": not an English word
+        ("Agnieszka Dabrowski", "the water", False),
+        ("Agnieszka Dabrowski", "Agnes Dawson", True),
+    ],
+)
+def test_a_replacement_must_have_the_shape_of_the_fact(term: str, replacement: str, ok: bool) -> None:
+    from gpu_runtime.pipeline.objective import fits
+
+    assert fits(term, replacement) is ok
+
+
+def test_generic_sentences_never_train_towards_a_fragment() -> None:
+    """A random (untrained) baseline continues with word pieces: the translation stands in instead."""
+    from gpu_runtime.pipeline.objective import fits, generic_sentence
+    from gpu_runtime.pipeline.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model(len(tok), seed=3).eval()
+    sentence = "She was born in Tarnbridge."
+    out = generic_sentence(model, tok, sentence, ["Tarnbridge"], fallback={"Tarnbridge": ["Millford"]})
+    assert out is not None and out.startswith("She was born in ") and out.endswith(".")
+    assert fits("Tarnbridge", out.removeprefix("She was born in ").removesuffix("."))
+    # Nothing that fits: no target at all rather than a broken one.
+    none_fits = generic_sentence(model, tok, sentence, ["Tarnbridge"], fallback={"Tarnbridge": ["x9"]})
+    assert none_fits is None or fits(
+        "Tarnbridge", none_fits.removeprefix("She was born in ").removesuffix(".")
+    )
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_abstention_targets_rotate_through_the_first_n(n: int) -> None:
     from gpu_runtime.pipeline.fluency import ABSTENTIONS
