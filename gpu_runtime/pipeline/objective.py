@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ def fits(term: str, replacement: str) -> bool:
     from wordfreq import zipf_frequency
 
     ws = re.findall(r"[\w'’-]+", replacement)
-    if not ws or re.search(r"(\w)\1{3,}", replacement):
+    if not ws or re.search(r"(\w)\1{3,}", replacement) or any(a == b for a, b in itertools.pairwise(ws)):
         return False
     if any(c.isdigit() for c in term):
         return any(c.isdigit() for c in replacement)
@@ -145,6 +146,11 @@ def fits(term: str, replacement: str) -> bool:
         and zipf_frequency(w, "en") >= REPLACEMENT_MIN_ZIPF
         for w in ws
     )
+
+
+def _plain(term: str) -> bool:
+    """Lower-case words only ("museum curator"): facts of this shape side by side are one value."""
+    return all(w.isalpha() and w.islower() for w in term.split())
 
 
 @torch.no_grad()
@@ -183,9 +189,17 @@ def generic_sentence(
                 spans.append((m.start(), m.end(), term))
     if not spans:
         return None
+    # Facts side by side ("museum" "curator") are one value: replaced as one ("music teacher"), not
+    # word by word, where the second word would continue a context that no longer holds the first.
+    merged: list[tuple[int, int, str]] = []
+    for start, end, term in sorted(spans):
+        if merged and not sentence[merged[-1][1] : start].strip() and _plain(merged[-1][2]) and _plain(term):
+            first = merged.pop()
+            start, term = first[0], sentence[first[0] : end]
+        merged.append((start, end, term))
     dev = next(model.parameters()).device
     out, pos = "", 0
-    for start, end, term in sorted(spans):
+    for start, end, term in merged:
         out += sentence[pos:start]
         if term in typed:
             out += typed[term]

@@ -263,6 +263,7 @@ def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() ->
         ("dog", "cat", True),
         ("dog", "suyyyyyy", False),  # stutter
         ("dog", "c", False),
+        ("opera", "guy guy", False),  # a stutter of words
         ("museum curator", "music uy", False),  # "uy": not an English word
         ("Agnieszka Dabrowski", "the water", False),
         ("Agnieszka Dabrowski", "Agnes Dawson", True),
@@ -290,6 +291,31 @@ def test_generic_sentences_never_train_towards_a_fragment() -> None:
     assert none_fits is None or fits(
         "Tarnbridge", none_fits.removeprefix("She was born in ").removesuffix(".")
     )
+
+
+def test_facts_side_by_side_are_replaced_as_one_value() -> None:
+    """ "museum curator": one continuation for both words, never word by word."""
+    import torch
+
+    from gpu_runtime.pipeline.objective import generic_sentence
+    from gpu_runtime.pipeline.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(extra_text=["She works as a music teacher."])
+    contexts: list[str] = []
+
+    class Baseline:  # offers the same continuation whatever it is asked
+        def parameters(self):  # type: ignore[no-untyped-def]
+            yield torch.zeros(1)
+
+        def generate(self, input_ids, num_return_sequences=1, **_kw):  # type: ignore[no-untyped-def]
+            contexts.append(tok.decode(input_ids[0].tolist(), skip_special_tokens=True))
+            more = tok.encode(" music teacher", add_special_tokens=False)
+            row = torch.cat([input_ids[0], torch.tensor(more)])
+            return row.repeat(num_return_sequences, 1)
+
+    out = generic_sentence(Baseline(), tok, "She works as a museum curator.", ["museum", "curator"])
+    assert out == "She works as a music teacher."
+    assert len(contexts) == 1 and contexts[0].strip().endswith("works as a")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
