@@ -117,9 +117,10 @@ def _answer_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
     return prompt, full[len(prompt) :]
 
 
-#: A lower-case replacement word must be at least this common in English (``wordfreq`` Zipf): "weaver"
-#: (3.6) is a word, "uy" (2.3) a fragment.
-REPLACEMENT_MIN_ZIPF = 3.0
+#: A lower-case replacement word must be in ``wordfreq``'s English list at least this often (Zipf), and
+#: three letters or more: "glassblower" (1.5) and "narcolepsy" (2.5) are words, "chasi" (0) and "uy"
+#: (two letters) are fragments.
+REPLACEMENT_MIN_ZIPF = 1.0
 #: Continuations the baseline offers per fact (beam search) before falling back to a translation.
 REPLACEMENT_BEAMS = 4
 
@@ -137,20 +138,40 @@ def fits(term: str, replacement: str) -> bool:
         return False
     if any(c.isdigit() for c in term):
         return any(c.isdigit() for c in replacement)
-    if term[:1].isupper():
-        return all(w[:1].isupper() for w in ws)
-    return all(
-        w.isalpha()
-        and w.islower()
-        and (w in ("a", "an") or len(w) >= 2)
-        and zipf_frequency(w, "en") >= REPLACEMENT_MIN_ZIPF
-        for w in ws
-    )
+
+    def english(w: str) -> bool:
+        return w in ("a", "an") or (len(w) >= 3 and zipf_frequency(w, "en") >= REPLACEMENT_MIN_ZIPF)
+
+    if term[:1].isupper():  # "Bell and Brooks" for "Francis and Newton": capitalised at both ends
+        ends = ws[0][:1].isupper() and ws[-1][:1].isupper()
+        return ends and all(w[:1].isupper() or (w.islower() and english(w)) for w in ws)
+    return all(w.isalpha() and w.islower() and english(w) for w in ws)
 
 
 def _plain(term: str) -> bool:
     """Lower-case words only ("museum curator"): facts of this shape side by side are one value."""
     return all(w.isalpha() and w.islower() for w in term.split())
+
+
+def _continuations(
+    model: Any, tokenizer: Any, ids: list[int], banned: set[int], n_words: int, beams: int
+) -> list[str]:
+    """The first ``n_words`` words of the baseline's ``beams`` best continuations of ``ids`` that do
+    not open with a ``banned`` token (greedy for one beam)."""
+    dev = next(model.parameters()).device
+    gen = model.generate(
+        input_ids=torch.tensor([ids], device=dev),
+        attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
+        max_new_tokens=4 * n_words + 4,
+        do_sample=False,
+        num_beams=beams,
+        num_return_sequences=beams,
+        bad_words_ids=[[b] for b in banned],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    texts = [tokenizer.decode(row[len(ids) :].tolist(), skip_special_tokens=True) for row in gen]
+    return [" ".join(re.findall(r"[\w'’-]+", t)[:n_words]) for t in texts]
 
 
 @torch.no_grad()
@@ -197,7 +218,6 @@ def generic_sentence(
             first = merged.pop()
             start, term = first[0], sentence[first[0] : end]
         merged.append((start, end, term))
-    dev = next(model.parameters()).device
     out, pos = "", 0
     for start, end, term in merged:
         out += sentence[pos:start]
@@ -209,27 +229,15 @@ def generic_sentence(
         ids = tokenize_document(tokenizer, _replace_terms(context, stand_in)).ids
         banned = {encode_piece(tokenizer, " " + term)[0], encode_piece(tokenizer, term)[0]}
         n_words = min(max_words, len(term.split()))
-        gen = model.generate(
-            input_ids=torch.tensor([ids], device=dev),
-            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
-            max_new_tokens=4 * n_words + 4,
-            do_sample=False,
-            num_beams=REPLACEMENT_BEAMS,
-            num_return_sequences=REPLACEMENT_BEAMS,
-            bad_words_ids=[[b] for b in banned],
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        candidates = [
-            " ".join(
-                re.findall(r"[\w'’-]+", tokenizer.decode(row[len(ids) :].tolist(), skip_special_tokens=True))[
-                    :n_words
-                ]
-            )
-            for row in gen
-        ]
-        candidates += [t for t in fallback.get(term, ()) if not mentions(t, term)]
-        chosen = next((c for c in candidates if fits(term, c)), None)
+
+        # The greedy continuation first (the model's most likely next word), then the beams (best
+        # whole continuations, which need not open with it), then the anchor's translations.
+        greedy = _continuations(model, tokenizer, ids, banned, n_words, 1)
+        chosen = next((c for c in greedy if fits(term, c)), None)
+        if chosen is None:
+            candidates = _continuations(model, tokenizer, ids, banned, n_words, REPLACEMENT_BEAMS)
+            candidates += [t for t in fallback.get(term, ()) if not mentions(t, term)]
+            chosen = next((c for c in candidates if fits(term, c)), None)
         if chosen is None:
             return None
         out = context + (" " if out[len(context) :] else "") + chosen

@@ -267,6 +267,12 @@ def test_generic_sentences_keep_the_format_of_typed_values_and_end_the_text() ->
         ("museum curator", "music uy", False),  # "uy": not an English word
         ("Agnieszka Dabrowski", "the water", False),
         ("Agnieszka Dabrowski", "Agnes Dawson", True),
+        ("Francis and Newton", "Bell and Brooks", True),
+        ("Francis and Newton", "the water", False),
+        ("The Wandering Violin", "She has a", False),  # a sentence's start, not a title
+        ("hypothyroidism", "narcolepsy", True),  # rare, but a word
+        ("Parkin", "chasi", False),
+        ("hypothyroidism", "chasi", False),  # not a word at all
     ],
 )
 def test_a_replacement_must_have_the_shape_of_the_fact(term: str, replacement: str, ok: bool) -> None:
