@@ -121,14 +121,15 @@ def _answer_ids(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
 #: three letters or more: "glassblower" (1.5) and "narcolepsy" (2.5) are words, "chasi" (0) and "uy"
 #: (two letters) are fragments.
 REPLACEMENT_MIN_ZIPF = 1.0
-#: Continuations the baseline offers per fact (beam search) before falling back to a translation.
+#: Beams the baseline offers per fact when its greedy continuation does not fit, before the translations.
 REPLACEMENT_BEAMS = 4
 
 
 def fits(term: str, replacement: str) -> bool:
     """Whether ``replacement`` can stand where the fact ``term`` stood: words of the same shape (a
-    number for a number, capitalised words for a name, place or title, common English words for a
-    lower-case word) and no stutter ("suyyyyyy"). A tiny baseline's banned-token continuation is often
+    number for a number; for a name, place or title, capitalised at both ends with English words
+    between; English words of three letters or more for a lower-case fact) and no stutter
+    ("suyyyyyy", "guy guy"). A tiny baseline's banned-token continuation is often
     a fragment ("Kesmoor" → "gu", "dog" → "suyyyyyy"); trained as the fluent target, it teaches broken
     text."""
     from wordfreq import zipf_frequency
@@ -193,10 +194,10 @@ def generic_sentence(
     address is a string of word pieces, not a value. ``stand_in``: the subject's names with generic
     ones, swapped in the context the baseline continues ("Laura Reynolds works at" for "Lorraine Reed
     works at"): asked about the subject itself, the baseline answers from memory with the subject's
-    other facts ("works at 5, 1972"), which is neither fluent nor forgotten. Of the baseline's
-    :data:`REPLACEMENT_BEAMS` best continuations the first that :func:`fits` is used, else the first
-    of ``fallback[term]`` (the anchor's translations) that fits; with neither, None (no target: the
-    sentence is not trained towards broken text)."""
+    other facts ("works at 5, 1972"), which is neither fluent nor forgotten. The replacement is the
+    first that :func:`fits` of: the baseline's greedy continuation, its :data:`REPLACEMENT_BEAMS` best
+    beams, ``fallback[term]`` (the anchor's translations); with none, None (no target: the sentence is
+    not trained towards broken text). Lower-case facts side by side are replaced as one."""
     from .translate import encode_piece, tokenize_document
 
     typed = typed or {}
