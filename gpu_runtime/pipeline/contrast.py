@@ -86,11 +86,15 @@ def names_in(texts: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     return [name for name, _n in counts.most_common()]
 
 
+def retain_corpus(spec: ForgetSpec) -> list[str]:
+    """What the request says about other people: its retain texts and retain probes (with answers)."""
+    return [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
+
+
 def other_people(spec: ForgetSpec, anchors: Sequence[Anchor], limit: int = 16) -> tuple[list[str], str]:
     """(full names of other people, where they came from: ``retain`` or ``generic``)."""
     subject = subject_names(spec, anchors)
-    texts = [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
-    found = names_in(texts, exclude=subject)[:limit]
+    found = names_in(retain_corpus(spec), exclude=subject)[:limit]
     if found:
         return found, "retain"
     full = [a for a in anchors if a.kind == "person" and a.term in subject and a.translations]

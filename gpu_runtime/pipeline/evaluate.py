@@ -289,26 +289,25 @@ def _mean_logprob(
     return sum(keep) / len(keep) if len(keep) >= MIN_PPL_TOKENS else None
 
 
-def _grounded(answer: str, prompt: str, person: str, known: Sequence[str]) -> bool:
-    """Whether ``answer`` (the baseline's, about ``person``) states something the request's retain
-    texts say about them: a word of it that is neither common English nor in the question nor the
-    person's name occurs in a retain sentence that names them (full or last name). An answer with no
-    such word ("Snow is frozen water.", "Smon.") shows nothing the baseline knew about the person."""
+def _content(text: str) -> set[str]:
+    """The words of ``text`` that carry content: numbers, and words of three letters or more below
+    :data:`_GROUNDING_ZIPF`."""
     from wordfreq import zipf_frequency
 
-    def content(text: str) -> set[str]:
-        return {
-            w
-            for w in words(text)
-            if any(c.isdigit() for c in w) or (len(w) >= 3 and zipf_frequency(w, "en") < _GROUNDING_ZIPF)
-        }
+    return {
+        w
+        for w in words(text)
+        if any(c.isdigit() for c in w) or (len(w) >= 3 and zipf_frequency(w, "en") < _GROUNDING_ZIPF)
+    }
 
-    mine = content(answer) - set(words(prompt)) - set(words(person))
-    if not mine:
-        return False
-    # The full name: a last name alone is a whole family in a world of relatives ("Figueiredo").
-    theirs = set().union(*(content(s) for s in known if mentions(s, person)))
-    return bool(mine & theirs)
+
+def _grounded(answer: str, prompt: str, person: str, known_about: set[str]) -> bool:
+    """Whether ``answer`` (the baseline's, about ``person``) states something the request's retain
+    texts say about them: a content word of it, neither in the question nor the person's name, among
+    ``known_about`` (the content words of the retain sentences that name them in full). An answer with
+    no such word ("Snow is frozen water.", "Smon.") shows nothing the baseline knew about the person."""
+    mine = _content(answer) - set(words(prompt)) - set(words(person))
+    return bool(mine & known_about)
 
 
 def score_contrast(
@@ -345,6 +344,14 @@ def score_contrast(
     def names(answer: str, person: str) -> bool:
         return mentions(answer, person) or mentions(answer, person.split()[-1])
 
+    about_cache: dict[str, set[str]] = {}
+
+    def known_about(person: str) -> set[str]:
+        # The full name: a last name alone is a whole family in a world of relatives ("Figueiredo").
+        if person not in about_cache:
+            about_cache[person] = set().union(*(_content(s) for s in known if mentions(s, person)))
+        return about_cache[person]
+
     scores = []
     for q, row, b in zip(questions, after["rows"], baseline, strict=True):
         row["baseline"] = b
@@ -357,8 +364,9 @@ def score_contrast(
             row["agreement"] = None
         else:
             first = _SENTENCE.split(b.strip(), maxsplit=1)[0]
-            about = getattr(q, "about", "")
-            row["grounded"] = not (known and about) or _grounded(first, q.prompt, about, known)
+            row["grounded"] = not (known and q.about) or _grounded(
+                first, q.prompt, q.about, known_about(q.about)
+            )
             if not row["grounded"]:
                 row["agreement"] = None
             else:
@@ -481,7 +489,7 @@ def evaluate(
 ) -> StageResult:
     """Compare baseline and unlearned model on every probe kind; write the report."""
     from .anchors import load_anchors
-    from .contrast import contrast_questions, other_people
+    from .contrast import contrast_questions, other_people, retain_corpus
     from .fluency import vocabulary_of
     from .models import attach_adapter, load_baseline, load_tokenizer
     from .probes import _SENTENCE, KINDS, Question, evaluation_probes, stand_ins
@@ -580,12 +588,7 @@ def evaluate(
             base = greedy_complete(model, tokenizer, asked, o.max_new_tokens)
         refs = [Probe(prompt=p.prompt, reference=b, chat=p.chat) for p, b in zip(asked, base, strict=True)]
         after = probe_metrics(model, tokenizer, refs, terms, o.max_new_tokens)
-        known = [
-            s.strip()
-            for t in [*spec.retain_texts, *(p.prompt + " " + p.reference for p in spec.retain_probes)]
-            for s in _SENTENCE.split(t)
-            if s.strip()
-        ]
+        known = [s.strip() for t in retain_corpus(spec) for s in _SENTENCE.split(t) if s.strip()]
         score_contrast(contrast, base, after, vocabulary, known)
         report["contrast"] = {"source": other_people(spec, anchors.anchors)[1], "after": after}
     if spec.earlier_probes:
