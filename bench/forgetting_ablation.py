@@ -29,7 +29,9 @@ from bench._people import generate, request_body
 from bench.forgetting import build_model
 
 
-def run_one(data: Any, model_dir: Path, options: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_one(
+    data: Any, model_dir: Path, options: dict[str, Any], work: Path, reuse: bool = False
+) -> dict[str, Any]:
     from gpu_runtime.pipeline.evaluate import greedy_complete
     from gpu_runtime.pipeline.gate import decide
     from gpu_runtime.pipeline.leaks import leaks, rouge_l_recall
@@ -48,7 +50,8 @@ def run_one(data: Any, model_dir: Path, options: dict[str, Any], work: Path) -> 
         retain_texts=body["retain_examples"],
         options=o,
     )
-    shutil.rmtree(work, ignore_errors=True)
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     run_pipeline(model_dir, spec, work)
     seconds = time.perf_counter() - t0
@@ -105,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="keep each run's pipeline directory (run-<i>) under this folder",
     )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: start from the kept directories; a stage whose input hash is unchanged is "
+        "not run again. The hashes cover the inputs and each stage's version number, not its code: "
+        "bump the stage's version (e.g. evaluate's) to re-run it after a change",
+    )
     args = ap.parse_args(argv)
     data = generate(args.people, args.seed)
     model_dir, _ = build_model(data, Path(args.out), True, args.model_width, args.model_layers)
@@ -112,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="obliviate-ablation-") as tmp:
         root = args.keep or Path(tmp)
         for i, raw in enumerate(args.options):
-            row = run_one(data, model_dir, json.loads(raw), root / f"run-{i}")
+            row = run_one(
+                data, model_dir, json.loads(raw), root / f"run-{i}", args.reuse and args.keep is not None
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
