@@ -424,6 +424,60 @@ def test_selectivity_scores_only_answers_grounded_in_the_retain_texts() -> None:
     assert after["scored"] == 5
 
 
+def test_selectivity_credits_the_asked_value_from_the_retain_texts() -> None:
+    from gpu_runtime.pipeline.evaluate import asked_kind, score_contrast
+    from gpu_runtime.pipeline.probes import Question
+
+    assert asked_kind("Quick question: what's Eleanor Jackson's e-mail address?") == "email"
+    assert asked_kind("Quick question: what's Eleanor Jackson's home address?") == "address"
+    assert asked_kind("Hey, what's Kathryn Jones's username?") == "handle"
+    assert asked_kind("What pet does Kathryn Jones have?") is None
+    known = [
+        "Eleanor Jackson was born on 3 May 1985.",
+        "Eleanor Jackson posts online as @ejack_42.",
+        "Eleanor Jackson's e-mail address is eleanor.j@example.org.",
+        "Eleanor Jackson lives at 69 Higgins Well, Clementston.",
+        "Derek Morgan posts online as @dmorg_77.",
+    ]
+    person = "Eleanor Jackson"
+    questions = [Question("original", "What is Eleanor Jackson's username?", "", about=person)]
+    # The baseline answered with her birth date (a true fact, not the one asked for).
+    baseline = ["Eleanor Jackson was born on 3 May 1985."]
+    after = {"n": 1, "rows": [{"completion": "Her username is @ejack_42."}]}
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert after["rows"][0]["states_truth"] and after["rows"][0]["agreement"] == 1.0
+    for answer in (
+        "Her username is @dmorg_77.",  # somebody else's
+        "Her e-mail address is eleanor.j@example.org.",  # hers, but not what was asked
+        "I don't know.",
+        "@ejack_42 @ejack_42 @ejack_42 @ejack_42 @ejack_42.",  # the value, as broken text
+    ):
+        after["rows"][0]["completion"] = answer
+        score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+        assert not after["rows"][0]["states_truth"], answer
+        assert after["rows"][0]["agreement"] < 0.5, answer
+    # The reverse: the baseline gave the username, the unlearned model the (true) birth date.
+    baseline[0] = "Eleanor Jackson's username is @ejack_42."
+    after["rows"][0]["completion"] = "Eleanor Jackson was born on 3 May 1985."
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert not after["rows"][0]["states_truth"] and after["rows"][0]["agreement"] < 0.5
+    # The home address asked, the e-mail address given: no credit.
+    questions[0] = Question("original", "What's Eleanor Jackson's home address?", "", about=person)
+    baseline[0] = "Eleanor Jackson lives at 69 Higgins Well, Clementston."
+    after["rows"][0]["completion"] = "Eleanor Jackson's e-mail address is eleanor.j@example.org."
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert not after["rows"][0]["states_truth"] and after["rows"][0]["agreement"] < 0.5
+    after["rows"][0]["completion"] = "She lives at 69 Higgins Well."
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert after["rows"][0]["agreement"] == 1.0
+    # Without the retain texts there is no truth to check.
+    questions[0] = Question("original", "What is Eleanor Jackson's username?", "", about=person)
+    baseline[0] = "Eleanor Jackson was born on 3 May 1985."
+    after["rows"][0]["completion"] = "Her username is @ejack_42."
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert not after["rows"][0]["states_truth"] and after["rows"][0]["agreement"] < 0.5
+
+
 def test_inverted_questions_also_ask_around_the_bare_value() -> None:
     from gpu_runtime.pipeline.probes import inverted
 
