@@ -322,7 +322,8 @@ _ASKS_FOR: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("handle", r"\b(?:username|user name|handle)\b"),
         ("url", r"\b(?:website|web site|homepage|url)\b"),
         ("account", r"\baccount\b"),
-        ("date", r"\b(?:born|birth|birthday)\b"),
+        # "When was she born?", "born on", a birthday; not "Where was she born?" (a place).
+        ("date", r"\bwhen\b.*\bborn\b|\bborn on\b|\bbirthday\b|\bdate of birth\b|\bbirth ?date\b"),
         ("address", r"\b(?:address|live|lives|living)\b"),
     )
 )
@@ -559,7 +560,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 13,
+            "v": 14,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

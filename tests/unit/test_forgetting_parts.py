@@ -432,6 +432,9 @@ def test_selectivity_credits_the_asked_value_from_the_retain_texts() -> None:
     assert asked_kind("Quick question: what's Eleanor Jackson's home address?") == "address"
     assert asked_kind("Hey, what's Kathryn Jones's username?") == "handle"
     assert asked_kind("What pet does Kathryn Jones have?") is None
+    assert asked_kind("When was Kathryn Jones born?") == "date"
+    assert asked_kind("Kathryn Jones was born on") == "date"
+    assert asked_kind("Where was Kathryn Jones born?") is None  # a place, not a date
     known = [
         "Eleanor Jackson was born on 3 May 1985.",
         "Eleanor Jackson posts online as @ejack_42.",
