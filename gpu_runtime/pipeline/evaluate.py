@@ -388,16 +388,17 @@ def score_contrast(
     def names(answer: str, person: str) -> bool:
         return mentions(answer, person) or mentions(answer, person.split()[-1])
 
-    about_cache: dict[str, tuple[set[str], list[Any]]] = {}
+    about_cache: dict[str, tuple[set[str], list[tuple[str, str]]]] = {}
 
-    def about(person: str) -> tuple[set[str], list[Any]]:
-        """The content words and the typed values of the retain sentences that name ``person``."""
+    def about(person: str) -> tuple[set[str], list[tuple[str, str]]]:
+        """The content words and the typed values (kind, text) of the retain sentences that name
+        ``person``."""
         # The full name: a last name alone is a whole family in a world of relatives ("Figueiredo").
         if person not in about_cache:
             mine = [s for s in known if mentions(s, person)]
             about_cache[person] = (
                 set().union(*(_content(s) for s in mine)),
-                [d for s in mine for d in detect(s)],
+                [(d.kind, d.text) for s in mine for d in detect(s)],
             )
         return about_cache[person]
 
@@ -420,7 +421,7 @@ def score_contrast(
             else:
                 row["agreement"] = rouge_l_recall(row["completion"], first) if first else 0.0
                 kind = asked_kind(q.prompt) if checked else None
-                truth = [d.text for d in about(q.about)[1] if d.kind == kind] if kind else []
+                truth = [text for k, text in about(q.about)[1] if k == kind] if kind else []
                 row["states_truth"] = bool(truth) and _states_truth(
                     row["completion"], q.prompt, truth, vocabulary
                 )
