@@ -252,15 +252,39 @@ def probe_metrics(
     }
 
 
+def language_tokens(prefixes: Sequence[str]) -> list[bool]:
+    """Which tokens of an answer judge its language (``prefixes[i]``: the answer's text up to and
+    including token i). Left out: tokens touching a word with a capital letter or a digit (names,
+    numbers) or a structured value (``pii.detect``: e-mail, URL, handle, address ...), which hold a
+    fact, not language; and the token right after each of those. How likely a model finds a value to
+    end there ("." after "@ilong38", " and" after "Gardiner, Bell and Brooks") measures whether it
+    expected that value (a model that memorised "@iwong_7" expects "_7"), not the language."""
+    from .pii import detect
+
+    text = prefixes[-1] if prefixes else ""
+    named = [False] * (len(text) + 1)
+    for m in re.finditer(r"\w+", text):
+        if m.group()[0].isupper() or any(ch.isdigit() for ch in m.group()):
+            named[m.start() : m.end()] = [True] * (m.end() - m.start())
+    for d in detect(text):
+        named[d.start : d.end] = [True] * (d.end - d.start)
+    out, start, after_value = [], 0, False
+    for prefix in prefixes:
+        end = len(prefix)
+        in_value = any(named[start:end])
+        out.append(not in_value and not after_value)
+        after_value = in_value
+        start = end
+    return out
+
+
 @torch.no_grad()
 def _mean_logprob(
     model: Any, tokenizer: Any, prompt: str, answer: str, chat: bool, skip_names: bool = False
 ) -> float | None:
-    """Mean log-probability per token of ``answer`` after ``prompt``. ``skip_names``: leave out
-    tokens with a capital letter or a digit (names, numbers): a generic replacement of a fact is
-    unlikely under a model that memorised the fact, which says nothing about broken language. The
-    spans of structured values (``pii.detect``) are left out for the same reason."""
-    from .pii import detect
+    """Mean log-probability per token of ``answer`` after ``prompt``. ``skip_names``: over its
+    :func:`language_tokens` only: a generic replacement of a fact is unlikely under a model that
+    memorised the fact, which says nothing about broken language."""
     from .translate import encode_piece
 
     if not skip_names:
@@ -272,19 +296,8 @@ def _mean_logprob(
     x = torch.tensor([ids + ref], device=dev)
     lp = torch.log_softmax(model(input_ids=x).logits[0, len(ids) - 1 : -1].float(), -1)
     token_lp = lp.gather(-1, torch.tensor(ref, device=dev).unsqueeze(-1)).squeeze(-1).tolist()
-    text = tokenizer.decode(ref)
-    named = [False] * (len(text) + 1)
-    for m in re.finditer(r"\w+", text):
-        if m.group()[0].isupper() or any(ch.isdigit() for ch in m.group()):
-            named[m.start() : m.end()] = [True] * (m.end() - m.start())
-    for d in detect(text):  # a value slot (e-mail, URL, handle, address ...) holds a fact, not language
-        named[d.start : d.end] = [True] * (d.end - d.start)
-    keep, start = [], 0
-    for i, v in enumerate(token_lp):
-        end = len(tokenizer.decode(ref[: i + 1]))
-        if not any(named[start:end]):
-            keep.append(v)
-        start = end
+    pieces = [tokenizer.decode(ref[: i + 1]) for i in range(len(ref))]
+    keep = [v for v, lang in zip(token_lp, language_tokens(pieces), strict=True) if lang]
     # A perplexity over one or two tokens is noise, not a judgement of the language.
     return sum(keep) / len(keep) if len(keep) >= MIN_PPL_TOKENS else None
 
@@ -308,6 +321,19 @@ def _grounded(answer: str, prompt: str, person: str, known_about: set[str]) -> b
     no such word ("Snow is frozen water.", "Smon.") shows nothing the baseline knew about the person."""
     mine = _content(answer) - set(words(prompt)) - set(words(person))
     return bool(mine & known_about)
+
+
+def _base_slot(answer: str, prompt: str, person: str, sentences: Sequence[str]) -> str | None:
+    """The retain sentence (of ``sentences``, those naming ``person``) that ``answer`` (the baseline's
+    first sentence) was saying: the one sharing the most of its content words (as :func:`_grounded`
+    counts them), ROUGE-L breaking ties; None when none shares one. A tiny baseline that knows a fact
+    garbles it ("works as a weather vintner" for "works as a weather forecaster"); the unlearned model
+    that states the retain sentence has kept what the baseline knew, not lost it."""
+    mine = _content(answer) - set(words(prompt)) - set(words(person))
+    if not mine or not sentences:
+        return None
+    best = max(sentences, key=lambda s: (len(mine & _content(s)), rouge_l_recall(answer, s)))
+    return best if mine & _content(best) else None
 
 
 #: What a question asks for, by its words: a typed value (``pii.detect`` kinds). In this order: "e-mail
@@ -372,6 +398,11 @@ def score_contrast(
       model asked what it never learned answers with unrelated text ("Who is X's mother?" → "Snow
       is frozen water."), and changing that loses nothing the baseline knew. Without ``known``
       (other people from generic names) every fluent baseline answer counts, as before.
+    - With ``known``, the answer is also scored against the retain sentence the baseline's answer was
+      saying (:func:`_base_slot`), and the higher score counts (``row["base_slot"]``): asked about a
+      pet, the baseline said "works as a weather vintner", a garbled copy of the retain sentence
+      "works as a weather forecaster"; an unlearned model that gives the retain sentence kept that
+      knowledge, and ROUGE-L against the garbled copy alone scored it as lost.
     - With ``known``, a question that asks for a typed value (:func:`asked_kind`: an e-mail, a
       username, a birth date ...) scores 1 when the answer gives that person's value of that type
       from the retain sentences (:func:`_states_truth`), whatever the baseline said: agreement alone
@@ -388,17 +419,18 @@ def score_contrast(
     def names(answer: str, person: str) -> bool:
         return mentions(answer, person) or mentions(answer, person.split()[-1])
 
-    about_cache: dict[str, tuple[set[str], list[tuple[str, str]]]] = {}
+    about_cache: dict[str, tuple[set[str], list[tuple[str, str]], list[str]]] = {}
 
-    def about(person: str) -> tuple[set[str], list[tuple[str, str]]]:
-        """The content words and the typed values (kind, text) of the retain sentences that name
-        ``person``."""
+    def about(person: str) -> tuple[set[str], list[tuple[str, str]], list[str]]:
+        """The content words, the typed values (kind, text) and the sentences of the retain texts
+        that name ``person``."""
         # The full name: a last name alone is a whole family in a world of relatives ("Figueiredo").
         if person not in about_cache:
             mine = [s for s in known if mentions(s, person)]
             about_cache[person] = (
                 set().union(*(_content(s) for s in mine)),
                 [(d.kind, d.text) for s in mine for d in detect(s)],
+                mine,
             )
         return about_cache[person]
 
@@ -420,6 +452,10 @@ def score_contrast(
                 row["agreement"] = None
             else:
                 row["agreement"] = rouge_l_recall(row["completion"], first) if first else 0.0
+                slot = _base_slot(first, q.prompt, q.about, about(q.about)[2]) if checked else None
+                if slot is not None:
+                    row["base_slot"] = slot
+                    row["agreement"] = max(row["agreement"], rouge_l_recall(row["completion"], slot))
                 kind = asked_kind(q.prompt) if checked else None
                 truth = [text for k, text in about(q.about)[1] if k == kind] if kind else []
                 row["states_truth"] = bool(truth) and _states_truth(
@@ -561,7 +597,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 14,
+            "v": 15,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

@@ -424,6 +424,61 @@ def test_selectivity_scores_only_answers_grounded_in_the_retain_texts() -> None:
     assert after["scored"] == 5
 
 
+def test_fluency_perplexity_judges_language_tokens_not_values_or_their_ends() -> None:
+    from gpu_runtime.pipeline.evaluate import language_tokens
+
+    def judged(pieces: list[str]) -> list[str]:
+        prefixes = ["".join(pieces[: i + 1]) for i in range(len(pieces))]
+        return [p for p, keep in zip(pieces, language_tokens(prefixes), strict=True) if keep]
+
+    # Names and the token after each one are out; the words between them are in.
+    pieces = [" Gard", "iner", ",", " Bell", " and", " Broo", "ks", " and", " posts", " online", " as"]
+    assert judged([*pieces, " @", "il", "ong", "3", "8", "."]) == [" posts", " online", " as"]
+    # An e-mail address (a detected value) and the token after it; the language around them counts.
+    pieces = [" write", " to", " ch", "ris", "@", "mart", "in", ".", "com", " or", " ring", " her", "."]
+    assert judged(pieces) == [" write", " to", " ring", " her", "."]
+    # Garbled lower-case text is all judged: nothing in it is a value.
+    pieces = [" the", " born", " in", "ck", " sp", "oon", " of", "."]
+    assert judged(pieces) == pieces
+    assert language_tokens([]) == []
+
+
+def test_selectivity_scores_against_the_retain_sentence_the_baseline_garbled() -> None:
+    from gpu_runtime.pipeline.evaluate import score_contrast
+    from gpu_runtime.pipeline.probes import Question
+
+    person = "Percival Whitlock"
+    known = [
+        "Percival Whitlock works as a weather forecaster.",
+        "Percival Whitlock has a parrot named Biscuit.",
+        "Ana Whitlock works as a vintner.",  # another Whitlock
+    ]
+    questions = [Question("original", "What pet does Percival Whitlock have?", "", about=person)]
+    baseline = ["Percival Whitlock works as a weather vintner."]  # off the question, and garbled
+    after = {"n": 1, "rows": [{"completion": "Percival Whitlock works as a weather forecaster."}]}
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    row = after["rows"][0]
+    assert row["base_slot"] == known[0] and row["agreement"] == 1.0
+    # Scored against the baseline's sentence too: its own garbled copy still agrees in full.
+    after["rows"][0] = {"completion": "Percival Whitlock works as a weather vintner."}
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert after["rows"][0]["agreement"] == 1.0
+    # Another true fact of his, not the baseline's slot, and an abstention: no credit from the slot.
+    for answer in ("Percival Whitlock has a parrot named Biscuit.", "I don't know."):
+        after["rows"][0] = {"completion": answer}
+        score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+        assert after["rows"][0]["agreement"] < 0.6, answer
+    # A baseline answer sharing no content word with his retain sentences has no slot (ungrounded).
+    baseline[0] = "Snow is frozen water."
+    after["rows"][0] = {"completion": "Percival Whitlock works as a weather forecaster."}
+    score_contrast(questions, baseline, after, vocabulary=set(), known=known)
+    assert after["rows"][0]["agreement"] is None and "base_slot" not in after["rows"][0]
+    # Without the retain texts there is no slot to correct to.
+    baseline[0] = "Percival Whitlock works as a weather vintner."
+    score_contrast(questions, baseline, after, vocabulary=set())
+    assert "base_slot" not in after["rows"][0] and after["rows"][0]["agreement"] < 1.0
+
+
 def test_selectivity_credits_the_asked_value_from_the_retain_texts() -> None:
     from gpu_runtime.pipeline.evaluate import asked_kind, score_contrast
     from gpu_runtime.pipeline.probes import Question
