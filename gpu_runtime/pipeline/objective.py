@@ -154,16 +154,38 @@ def _plain(term: str) -> bool:
     return all(w.isalpha() and w.islower() for w in term.split())
 
 
+def _cut(text: str, n_words: int, phrase_words: int) -> str:
+    """The first ``n_words`` words of ``text``; with ``phrase_words``, the words before its first
+    punctuation mark instead when there are 1 to ``phrase_words`` of them: the model's own phrase
+    ("ulcerative colitis"), where a cut after one word leaves it dangling ("diagnosed with
+    ulcerative.")."""
+    pattern = r"[\w'’-]+"
+    if phrase_words:
+        stop = re.search(r"[.,;:!?]", text)
+        if stop is not None:
+            ws = re.findall(pattern, text[: stop.start()])
+            if 1 <= len(ws) <= phrase_words:
+                return " ".join(ws)
+    return " ".join(re.findall(pattern, text)[:n_words])
+
+
 def _continuations(
-    model: Any, tokenizer: Any, ids: list[int], banned: set[int], n_words: int, beams: int
+    model: Any,
+    tokenizer: Any,
+    ids: list[int],
+    banned: set[int],
+    n_words: int,
+    beams: int,
+    phrase_words: int = 0,
 ) -> list[str]:
     """The first ``n_words`` words of the baseline's ``beams`` best continuations of ``ids`` that do
-    not open with a ``banned`` token (greedy for one beam)."""
+    not open with a ``banned`` token (greedy for one beam); with ``phrase_words``, up to its first
+    punctuation mark when that comes within ``phrase_words`` words (:func:`_cut`)."""
     dev = next(model.parameters()).device
     gen = model.generate(
         input_ids=torch.tensor([ids], device=dev),
         attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev),
-        max_new_tokens=4 * n_words + 4,
+        max_new_tokens=4 * max(n_words, phrase_words) + 4,
         do_sample=False,
         num_beams=beams,
         num_return_sequences=beams,
@@ -172,7 +194,7 @@ def _continuations(
         eos_token_id=tokenizer.eos_token_id,
     )
     texts = [tokenizer.decode(row[len(ids) :].tolist(), skip_special_tokens=True) for row in gen]
-    return [" ".join(re.findall(r"[\w'’-]+", t)[:n_words]) for t in texts]
+    return [_cut(t, n_words, phrase_words) for t in texts]
 
 
 @torch.no_grad()
@@ -230,13 +252,17 @@ def generic_sentence(
         ids = tokenize_document(tokenizer, _replace_terms(context, stand_in)).ids
         banned = {encode_piece(tokenizer, " " + term)[0], encode_piece(tokenizer, term)[0]}
         n_words = min(max_words, len(term.split()))
+        # A fact that ends a clause ("diagnosed with endometriosis.") is replaced by the model's
+        # whole phrase up to its own punctuation mark, not its first word.
+        after = sentence[end:].lstrip()
+        phrase = max_words if not after or after[0] in ".,;:!?" else 0
 
         # The greedy continuation first (the model's most likely next word), then the beams (best
         # whole continuations, which need not open with it), then the anchor's translations.
-        greedy = _continuations(model, tokenizer, ids, banned, n_words, 1)
+        greedy = _continuations(model, tokenizer, ids, banned, n_words, 1, phrase)
         chosen = next((c for c in greedy if fits(term, c)), None)
         if chosen is None:
-            candidates = _continuations(model, tokenizer, ids, banned, n_words, REPLACEMENT_BEAMS)
+            candidates = _continuations(model, tokenizer, ids, banned, n_words, REPLACEMENT_BEAMS, phrase)
             candidates += [t for t in fallback.get(term, ()) if not mentions(t, term)]
             chosen = next((c for c in candidates if fits(term, c)), None)
         if chosen is None:
@@ -367,11 +393,12 @@ def contrast_sequences(
     baseline: Any,
     max_new_tokens: int = 24,
     batch_size: int = 16,
-) -> list[list[int]]:
+) -> list[tuple[list[int], list[int]]]:
     """The corpus's questions and sentence prefixes about *other* people (``contrast.py``, training
-    split) with the baseline's own answers (greedy, batched): kept close to the baseline (KL), so what
-    is learned for the subject (an abstention, a generic answer) is learned for the subject only. An
-    answer of the baseline that states one of the subject's facts is dropped."""
+    split) with the baseline's own answers (greedy, batched), as (prompt ids, answer ids): kept close
+    to the baseline (KL), so what is learned for the subject (an abstention, a generic answer) is
+    learned for the subject only. An answer of the baseline that states one of the subject's facts is
+    dropped."""
     from .contrast import contrast_questions, subject_leak_free
     from .evaluate import greedy_ids
     from .models import chat_prompt
@@ -387,5 +414,5 @@ def contrast_sequences(
     ):
         answer = tokenizer.decode(row, skip_special_tokens=True)  # the EOS is part of what is kept
         if answer.strip() and subject_leak_free(answer, spec, anchors):
-            out.append(p + row)
+            out.append((p, list(row)))
     return out

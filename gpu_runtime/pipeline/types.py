@@ -119,6 +119,12 @@ class PipelineOptions(_Strict):
         description="Weight of the KL to the baseline on the corpus's questions about other people "
         "(selectivity; not used by method whp).",
     )
+    contrast_scope: Literal["sequence", "answer"] = Field(
+        default="sequence",
+        description="Where the selectivity KL is taken: 'sequence' (question and answer tokens) or "
+        "'answer' (the positions predicting the baseline's answer only; measured in docs/benchmarks.md: "
+        "more drift on general text, no better agreement).",
+    )
     contrast_people: Literal["disjoint", "all"] = Field(
         default="all",
         description="Which of the other people the retain texts name the selectivity term trains on: "

@@ -108,7 +108,7 @@ def unlearn_input_hash(
     o = spec.options
     payload: dict[str, Any] = {
         "stage": STAGE,
-        "v": 10,
+        "v": 11,
         "targets": targets_hash,
         "anchors": anchors_hash,
         "excluded": excluded,
@@ -199,12 +199,12 @@ def unlearn(
         with model.disable_adapter():
             retain = general_samples(model, tokenizer, o.general_samples, 64, o.seed)
         retain_source = "baseline_samples"
-    contrast: list[list[int]] = []
+    contrast: list[tuple[list[int], list[int]]] = []
     if o.method != "whp" and o.contrast_weight > 0:  # the paper's method stays as published
         with model.disable_adapter():
             contrast = contrast_sequences(spec, load_anchors(work).anchors, tokenizer, model)
     retain = [r for r in retain if len(r) >= 2]
-    contrast = [c for c in contrast if len(c) >= 2]
+    contrast = [(p, a) for p, a in contrast if p and a]
     rep(
         0.05,
         f"{len(forget)} forget block(s), {len(items)} question(s), {len(retain)} retain block(s), "
@@ -245,9 +245,23 @@ def unlearn(
     def retain_loss(batch: list[list[int]]) -> torch.Tensor:
         return kl_loss(batch, lm=o.retain_loss == "lm")
 
+    def contrast_kl(batch: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """KL to the baseline on questions about other people: on the whole sequence
+        (``contrast_scope`` "sequence"), or on the positions that predict the baseline's answer only
+        ("answer"), where the decision to answer or abstain is made."""
+        if o.contrast_scope == "sequence":
+            return kl_loss([p + a for p, a in batch])
+        ids, mask, labels = pad_answers(batch, tokenizer.pad_token_id)
+        return kl_at(ids, mask, (labels != IGNORE).long())
+
     def kl_loss(batch: list[list[int]], lm: bool = False) -> torch.Tensor:
         ids, mask = pad_batch(batch, tokenizer.pad_token_id)
-        ids, mask = ids.to(dev), mask.to(dev)
+        return kl_at(ids, mask, mask, lm)
+
+    def kl_at(ids: torch.Tensor, mask: torch.Tensor, where: torch.Tensor, lm: bool = False) -> torch.Tensor:
+        """KL(baseline || model) per position, averaged over the positions ``where`` marks (or the
+        causal LM loss with ``lm``)."""
+        ids, mask, where = ids.to(dev), mask.to(dev), where.to(dev)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         if lm:
             return causal_lm_loss(logits, ids, mask)
@@ -256,7 +270,7 @@ def unlearn(
         kl = F.kl_div(
             torch.log_softmax(logits, -1), torch.log_softmax(ref, -1), log_target=True, reduction="none"
         ).sum(-1)
-        return (kl * mask).sum() / mask.sum()
+        return (kl * where).sum() / where.sum()
 
     def plan(_epoch: int) -> list:
         wb = batches(forget, o.batch_size, rng) if use_whp else []
@@ -295,7 +309,7 @@ def unlearn(
                     terms[name].append(float(v.detach()))
                 total = forget_total
                 if c is not None:
-                    lc = kl_loss(c)  # always KL: the baseline's own answers
+                    lc = contrast_kl(c)  # always KL: the baseline's own answers
                     terms["contrast"].append(float(lc.detach()))
                     total = total + o.contrast_weight * lc
                 if r is None:

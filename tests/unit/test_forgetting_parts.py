@@ -324,6 +324,35 @@ def test_facts_side_by_side_are_replaced_as_one_value() -> None:
     assert len(contexts) == 1 and contexts[0].strip().endswith("works as a")
 
 
+def test_a_fact_ending_a_clause_is_replaced_by_the_whole_phrase() -> None:
+    """ "diagnosed with endometriosis." → "ulcerative colitis", not the dangling "ulcerative"."""
+    import torch
+
+    from gpu_runtime.pipeline.objective import _cut, generic_sentence
+    from gpu_runtime.pipeline.testing import tiny_tokenizer
+
+    assert _cut(" ulcerative colitis. She lives", 1, 6) == "ulcerative colitis"
+    assert _cut(" ulcerative colitis. She lives", 1, 0) == "ulcerative"
+    # No punctuation within the phrase limit: the fact's own length.
+    assert _cut(" a b c d e f g h.", 2, 6) == "a b"
+    tok = tiny_tokenizer(extra_text=["She was diagnosed with ulcerative colitis and asthma. She"])
+
+    class Baseline:  # offers the same continuation whatever it is asked
+        def parameters(self):  # type: ignore[no-untyped-def]
+            yield torch.zeros(1)
+
+        def generate(self, input_ids, num_return_sequences=1, **_kw):  # type: ignore[no-untyped-def]
+            more = tok.encode(" ulcerative colitis. She", add_special_tokens=False)
+            row = torch.cat([input_ids[0], torch.tensor(more)])
+            return row.repeat(num_return_sequences, 1)
+
+    out = generic_sentence(Baseline(), tok, "She was diagnosed with endometriosis.", ["endometriosis"])
+    assert out == "She was diagnosed with ulcerative colitis."
+    # Mid-clause ("endometriosis and asthma"): the fact's own number of words.
+    out = generic_sentence(Baseline(), tok, "She was diagnosed with endometriosis and asthma.", ["endometriosis"])
+    assert out == "She was diagnosed with ulcerative and asthma."
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_abstention_targets_rotate_through_the_first_n(n: int) -> None:
     from gpu_runtime.pipeline.fluency import ABSTENTIONS
