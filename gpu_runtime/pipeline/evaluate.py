@@ -402,7 +402,9 @@ def score_contrast(
       saying (:func:`_base_slot`), and the higher score counts (``row["base_slot"]``): asked about a
       pet, the baseline said "works as a weather vintner", a garbled copy of the retain sentence
       "works as a weather forecaster"; an unlearned model that gives the retain sentence kept that
-      knowledge, and ROUGE-L against the garbled copy alone scored it as lost.
+      knowledge, and ROUGE-L against the garbled copy alone scored it as lost. For a sentence
+      opening that the retain sentence starts with ("Eleanor Jackson has a"), the rest of that
+      sentence is the reference ("tortoise named Pipkin."), not the words already in the prompt.
     - With ``known``, a question that asks for a typed value (:func:`asked_kind`: an e-mail, a
       username, a birth date ...) scores 1 when the answer gives that person's value of that type
       from the retain sentences (:func:`_states_truth`), whatever the baseline said: agreement alone
@@ -455,6 +457,10 @@ def score_contrast(
                 slot = _base_slot(first, q.prompt, q.about, about(q.about)[2]) if checked else None
                 if slot is not None:
                     row["base_slot"] = slot
+                    opening = q.prompt.strip()
+                    if not q.chat and slot.casefold().startswith(opening.casefold()):
+                        # A sentence opening: what the retain sentence says after it is the truth.
+                        slot = slot[len(opening) :]
                     row["agreement"] = max(row["agreement"], rouge_l_recall(row["completion"], slot))
                 kind = asked_kind(q.prompt) if checked else None
                 truth = [text for k, text in about(q.about)[1] if k == kind] if kind else []
@@ -597,7 +603,7 @@ def evaluate(
     input_hash = hash_json(
         {
             "stage": STAGE,
-            "v": 15,
+            "v": 16,
             "unlearn": unlearn_hash,
             "terms": terms,
             "probes": [p.model_dump() for p in spec.probes],

@@ -502,7 +502,17 @@ def test_selectivity_scores_against_the_retain_sentence_the_baseline_garbled() -
     after["rows"][0] = {"completion": "Percival Whitlock works as a weather forecaster."}
     score_contrast(questions, baseline, after, vocabulary=set(), known=known)
     assert after["rows"][0]["agreement"] is None and "base_slot" not in after["rows"][0]
+    # A sentence opening: the rest of the retain sentence is the reference, the run-on is not.
+    opening = Question("completion", "Percival Whitlock has a", "", chat=False, about=person)
+    after = {"n": 1, "rows": [{"completion": "parrot named Biscuit, LLC."}]}
+    score_contrast([opening], ["parrot named Biscuit, Clementston."], after, vocabulary=set(), known=known)
+    assert after["rows"][0]["agreement"] == 1.0
+    # ... and the prompt's own words give an abstention no credit.
+    after = {"n": 1, "rows": [{"completion": "I don't know."}]}
+    score_contrast([opening], ["parrot named Biscuit, Clementston."], after, vocabulary=set(), known=known)
+    assert after["rows"][0]["agreement"] == 0.0
     # Without the retain texts there is no slot to correct to.
+    after = {"n": 1, "rows": [{"completion": "Percival Whitlock works as a weather forecaster."}]}
     baseline[0] = "Percival Whitlock works as a weather vintner."
     score_contrast(questions, baseline, after, vocabulary=set())
     assert "base_slot" not in after["rows"][0] and after["rows"][0]["agreement"] < 1.0
