@@ -24,7 +24,13 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 from typing import Any, Literal
+
+#: Dates of birth lie between these (ages 22 to 85 on 2026-12-01, the data of the first recorded
+#: measurements, drawn as faker's ``date_of_birth`` drew them then).
+_BORN_FROM = date(1940, 12, 1)
+_BORN_UNTIL = date(2004, 12, 1)
 
 Kind = Literal["original", "paraphrase", "inverted"]
 KINDS: tuple[Kind, ...] = ("original", "paraphrase", "inverted")
@@ -295,7 +301,10 @@ def generate_people(n: int, seed: int, avoid: set[str] | None = None) -> list[Pe
         phone = _unique(lambda: fake.numerify("+44 7%## ######"), used)
         card = _unique(lambda: _card(rng), used)
         iban = _unique(lambda: _iban(fake), used)
-        born = fake.date_of_birth(minimum_age=22, maximum_age=85)
+        # Between fixed dates, never relative to today: faker's date_of_birth counts ages from the
+        # clock, so the data set (and every number measured on it) changed at midnight.
+        born = fake.date_time_ad(start_datetime=_BORN_FROM, end_datetime=_BORN_UNTIL).date()
+        born = born if born != _BORN_FROM else born + timedelta(days=1)
         dob = f"{_MONTHS[born.month - 1]} {born.day}, {born.year}"
         handle = _unique(clean(lambda: f"@{_slug(fake.word())}_{rng.randrange(100, 1000)}"), used)
         address = _unique(
