@@ -349,7 +349,9 @@ def test_a_fact_ending_a_clause_is_replaced_by_the_whole_phrase() -> None:
     out = generic_sentence(Baseline(), tok, "She was diagnosed with endometriosis.", ["endometriosis"])
     assert out == "She was diagnosed with ulcerative colitis."
     # Mid-clause ("endometriosis and asthma"): the fact's own number of words.
-    out = generic_sentence(Baseline(), tok, "She was diagnosed with endometriosis and asthma.", ["endometriosis"])
+    out = generic_sentence(
+        Baseline(), tok, "She was diagnosed with endometriosis and asthma.", ["endometriosis"]
+    )
     assert out == "She was diagnosed with ulcerative and asthma."
 
 
